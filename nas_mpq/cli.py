@@ -1,0 +1,180 @@
+"""`nas-mpq <stage>`: each stage is a LightningCLI (YAML with class_path/init_args, --trainer.*,
+--model.*, --data.* overrides, --print_config) plus a run directory it writes plain files to.
+
+A config file is either one stage's config (trainer/model/data) or a pipeline config with a
+section per stage (`pretrain:`, `search:`) and shared top-level keys (`data:`, `seed_everything:`)
+merged into each section.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger
+
+from .data import LMDataModule
+from .lit import LMTrainModule, SupernetModule, load_net_weights
+from .plots import plot_plan
+
+STAGES = ("pretrain", "search")
+PIPELINE_SHARED = ("data", "seed_everything")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def stage_args(stage: str, argv: list[str]) -> list[str]:
+    """Replace `--config PIPELINE.yaml` by the stage's section (shared keys merged in)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else (
+            a.split("=", 1)[1] if a.startswith("--config=") else None)
+        if path is None:
+            out.append(a)
+            i += 1
+            continue
+        i += 2 if a == "--config" else 1
+        cfg = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        if isinstance(cfg, dict) and any(s in cfg for s in STAGES):
+            if stage not in cfg:
+                raise SystemExit(f"error: {path} has no `{stage}:` section; it has "
+                                 f"{[s for s in STAGES if s in cfg]}")
+            shared = {k: cfg[k] for k in PIPELINE_SHARED if k in cfg}
+            out += ["--config", yaml.safe_dump(_merge(shared, cfg[stage]), sort_keys=False)]
+        else:
+            out += ["--config", path]
+    return out
+
+
+class StageCLI(LightningCLI):
+    """LightningCLI for one stage, with --run_dir, --init_ckpt, --resume and --overwrite."""
+
+    def __init__(self, stage: str, model_class: type, args: list[str]) -> None:
+        self.stage = stage
+        super().__init__(model_class, LMDataModule, run=False, args=args,
+                         save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                         parser_kwargs={"prog": f"nas-mpq {stage}"})
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--run_dir", type=str, default=None, help="where the stage writes its files")
+        parser.add_argument("--init_ckpt", type=str | None, default=None,
+                            help="initialise the network from this checkpoint (e.g. the FP32 model)")
+        parser.add_argument("--resume", type=str | None, default=None,
+                            help="resume from a checkpoint of this run ('last' for the newest)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="replace the results of a previous run in --run_dir")
+        parser.link_arguments("data.vocab_size", "model.net.init_args.vocab_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        if not cfg.run_dir:
+            raise SystemExit(f"error: nas-mpq {self.stage} needs --run_dir")
+        self.run_dir = Path(cfg.run_dir)
+        result = self.run_dir / ("plan.json" if self.stage == "search" else "model.ckpt")
+        ckpts = self.run_dir / "checkpoints"
+        if not cfg.overwrite and result.exists():
+            raise SystemExit(f"error: {result} exists from a previous run; refusing to overwrite it "
+                             "(pass --overwrite to replace it, or choose another --run_dir)")
+        if not cfg.overwrite and cfg.resume is None and ckpts.is_dir() and any(ckpts.iterdir()):
+            raise SystemExit(f"error: {ckpts} holds checkpoints of an unfinished run; pass --resume last "
+                             "to continue it, or --overwrite to start again")
+        cfg.trainer.default_root_dir = str(self.run_dir)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        every_epoch = self.stage == "search"
+        checkpoint = ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True,
+                                     filename="epoch={epoch}" if every_epoch else "best",
+                                     auto_insert_metric_name=False,
+                                     monitor=None if every_epoch else "val/ppl", mode="min",
+                                     save_top_k=-1 if every_epoch else 1)
+        kwargs.setdefault("callbacks", []).append(checkpoint)
+        trainer = super().instantiate_trainer(**kwargs)
+        if not self.config.trainer.logger or self.config.trainer.logger is True:
+            trainer.loggers = [CSVLogger(self.run_dir, name="logs")]
+        return trainer
+
+
+def _resume_path(cli: StageCLI) -> str | None:
+    r = cli.config.resume
+    if r is None:
+        return None
+    path = cli.run_dir / "checkpoints" / "last.ckpt" if r == "last" else Path(r)
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint to resume at {path}")
+    return str(path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def run_pretrain(argv: list[str]) -> int:
+    cli = StageCLI("pretrain", LMTrainModule, stage_args("pretrain", argv))
+    if cli.config.init_ckpt:
+        load_net_weights(cli.model.net, cli.config.init_ckpt)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=_resume_path(cli))
+    best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
+    val = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
+    model_ckpt = cli.run_dir / "model.ckpt"
+    model_ckpt.unlink(missing_ok=True)
+    model_ckpt.write_bytes(Path(best).read_bytes())
+    metrics = {"stage": "pretrain", "val_ppl": val["val/ppl"], "test_ppl": test["test/ppl"],
+               "epochs": cli.trainer.current_epoch, "checkpoint": str(model_ckpt)}
+    if cli.model.plan is not None:
+        r = cli.model.plan.size()
+        metrics.update(plan=cli.config.model.plan, size_bits=r.size_bits, compression=r.compression,
+                       avg_bits=r.avg_bits)
+    _write_json(cli.run_dir / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def run_search(argv: list[str]) -> int:
+    cli = StageCLI("search", SupernetModule, stage_args("search", argv))
+    module: SupernetModule = cli.model
+    if cli.config.init_ckpt:
+        load_net_weights(module.net, cli.config.init_ckpt)
+    cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=_resume_path(cli))
+    plan = module.derive_plan()
+    plan.save(cli.run_dir / "plan.json", overwrite=cli.config.overwrite)
+    plot_plan(plan, cli.run_dir / "plan.png")
+    r = plan.size()
+    metrics = {"stage": "search", "val_ppl_history": module.val_history,
+               "val_ppl": module.val_history[-1] if module.val_history else None,
+               "expected_bits": float(module.regularizer.expected_avg_bits().detach()),
+               "budget": {"kind": module.budget.kind, "value": module.budget.value},
+               "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
+               "compression": r.compression, "avg_bits": r.avg_bits,
+               "bits_used": sorted(set(plan.bits.values()))}
+    _write_json(cli.run_dir / "metrics.json", metrics)
+    print(plan.summary_table())
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+RUNNERS: dict[str, Callable[[list[str]], int]] = {"pretrain": run_pretrain, "search": run_search}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in RUNNERS:
+        print(f"usage: nas-mpq {{{','.join(RUNNERS)}}} --config CONFIG.yaml --run_dir DIR [overrides]\n"
+              "  each stage takes --help and --print_config", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return RUNNERS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""What the LM LightningModules share: the search-space config, truncated BPTT with a carried
+hidden state, perplexity metrics, per-epoch seeding, and loading network weights."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+
+from nas_mpq.search import SearchSpace
+from search_spaces import get_search_space
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+
+
+@dataclass
+class SpaceConfig:
+    """Which registered search space, and overrides of its defaults (None keeps the default)."""
+
+    name: str = "lstm_lm"
+    candidates: list[int] | None = None
+    granularity: str | None = None
+    method: str | None = None
+    per_channel: bool | None = None
+
+    def build(self) -> SearchSpace:
+        overrides = {k: v for k, v in (("candidates", self.candidates), ("granularity", self.granularity),
+                                       ("method", self.method), ("per_channel", self.per_channel))
+                     if v is not None}
+        return get_search_space(self.name).space(**overrides)
+
+
+def detach_hidden(hidden: Any) -> Any:
+    if isinstance(hidden, torch.Tensor):
+        return hidden.detach()
+    return None if hidden is None else tuple(detach_hidden(h) for h in hidden)
+
+
+def load_net_weights(net: nn.Module, ckpt_path: str | Path) -> None:
+    """Load the network weights of a Lightning checkpoint (keys "net.*") into `net`. Keys of the
+    search machinery (choices.*) may be absent; any other mismatch is an error naming the keys."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path} is not a readable Lightning checkpoint ({e})") from None
+    weights = {k[4:]: v for k, v in state.items() if k.startswith("net.") and ".choices." not in k}
+    own = {k: v for k, v in net.state_dict().items() if ".choices." not in k}
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, "
+                         f"unexpected {unexpected}, different shapes {shapes}")
+    net.load_state_dict(weights, strict=False)
+
+
+class LMModule(pl.LightningModule):
+    """Base: runs the network over (input, target, first) batches, carrying its hidden state
+    across batches and resetting it at the first batch of a pass; logs <stage>/loss and
+    <stage>/ppl (perplexity over all tokens of the pass)."""
+
+    def __init__(self, net: nn.Module, seed: int = 0) -> None:
+        super().__init__()
+        self.net = net
+        self.seed = seed
+        self._hidden: dict[str, Any] = {}
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+
+    def lm_loss(self, batch: tuple, stream: str) -> torch.Tensor:
+        x, y, first = batch
+        hidden = None if first else self._hidden.get(stream)
+        logits, hidden = self.net(x, hidden)
+        self._hidden[stream] = detach_hidden(hidden)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def on_train_epoch_start(self) -> None:
+        # dropout masks depend on (seed, epoch, rank) only, so a run resumed at an epoch boundary
+        # continues exactly as one that ran straight through
+        torch.manual_seed(self.seed * 100003 + self.current_epoch * 101 + self.global_rank)
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        self.val_loss.update(self.lm_loss(batch, "val"), batch[1].numel())
+
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        self.test_loss.update(self.lm_loss(batch, "test"), batch[1].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ppl("val", self.val_loss)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ppl("test", self.test_loss)
+
+    def _log_ppl(self, stage: str, metric: MeanMetric) -> float:
+        loss = float(metric.compute())
+        metric.reset()
+        self.log(f"{stage}/loss", loss, sync_dist=False)
+        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), prog_bar=True)
+        return loss

@@ -1,0 +1,231 @@
+"""PrecisionPlan: the contract between stages (DESIGN.md), its budget and its size accounting.
+
+`plan_size` is the one function that computes size_bits, fp32_size_bits, compression and avg_bits;
+every stage, report and test uses it. Plain data, no torch.
+
+Example:
+    >>> plan = PrecisionPlan.load("runs/x/plan.json")
+    >>> plan.size().compression
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .quant.functional import check_bits
+
+PLAN_FORMAT = "nas-mpq.plan/1"
+BUDGET_KINDS = ("avg_bits", "compression", "size_mb")
+SCALE_BITS = 32
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One weight group: `rows` is the row slice [start, stop) of `param`, or None for all of it.
+    `scales` is how many 32-bit scale values the group stores when quantized to 1..8 bits."""
+
+    param: str
+    rows: tuple[int, int] | None
+    numel: int
+    bits: int
+    scales: int = 1
+    probs: tuple[float, ...] | None = None
+
+    def scale_count(self, bits: int | None = None) -> int:
+        b = self.bits if bits is None else bits
+        return 0 if b in (0, 16, 32) else self.scales
+
+    def cost_bits(self, bits: int | None = None) -> int:
+        """Storage of the group at `bits` (its own bits by default): codes plus scales."""
+        b = self.bits if bits is None else bits
+        return self.numel * b + SCALE_BITS * self.scale_count(b)
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    size_bits: int
+    fp32_size_bits: int
+    compression: float
+    avg_bits: float
+
+
+def plan_size(groups: Iterable[GroupPlan], fixed_numel: int) -> SizeReport:
+    """Size of a model: searched groups at their bits plus one 32-bit value per scale, and every
+    unsearched parameter (`fixed_numel` elements: biases, norms) at 32 bits."""
+    groups = list(groups)
+    searched = sum(g.numel for g in groups)
+    size = sum(g.cost_bits() for g in groups) + FLOAT_BITS * fixed_numel
+    fp32 = FLOAT_BITS * (searched + fixed_numel)
+    avg = sum(g.numel * g.bits for g in groups) / searched if searched else 0.0
+    return SizeReport(int(size), int(fp32), fp32 / size if size else math.inf, avg)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A size budget: average bits over the searched weights, a compression ratio of the whole model
+    against FP32, or a size in megabytes (1 MB = 10^6 bytes) of the whole model.
+
+    The budget constrains a linear measure of the plan: for avg_bits, sum(numel * bits) over the
+    searched groups; otherwise size_bits. `capacity` is the bound on that measure."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"unknown budget kind {self.kind!r}; valid kinds: {list(BUDGET_KINDS)}")
+        if not (isinstance(self.value, (int, float)) and self.value > 0 and math.isfinite(self.value)):
+            raise ValueError(f"budget value must be a positive number, got {self.value!r}")
+
+    def group_cost(self, group: GroupPlan, bits: int) -> int:
+        """The budget's measure for one group at `bits`."""
+        return group.numel * bits if self.kind == "avg_bits" else group.cost_bits(bits)
+
+    def fixed_cost(self, fixed_numel: int) -> int:
+        return 0 if self.kind == "avg_bits" else FLOAT_BITS * fixed_numel
+
+    def capacity(self, groups: Iterable[GroupPlan], fixed_numel: int) -> float:
+        """Upper bound on sum(group_cost) + fixed_cost."""
+        groups = list(groups)
+        searched = sum(g.numel for g in groups)
+        if self.kind == "avg_bits":
+            return self.value * searched
+        if self.kind == "compression":
+            return FLOAT_BITS * (searched + fixed_numel) / self.value
+        return self.value * 8e6
+
+    def measure(self, groups: Iterable[GroupPlan], fixed_numel: int) -> float:
+        groups = list(groups)
+        return sum(self.group_cost(g, g.bits) for g in groups) + self.fixed_cost(fixed_numel)
+
+    def check_feasible(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
+                       candidates: Mapping[str, Iterable[int]]) -> None:
+        """Raise ValueError if even the plan with every group at its lowest candidate exceeds
+        the budget, naming the smallest budget that can be met."""
+        least = sum(min(self.group_cost(g, b) for b in candidates[n]) for n, g in groups.items())
+        least += self.fixed_cost(fixed_numel)
+        gs = list(groups.values())
+        if least > self.capacity(gs, fixed_numel) + 1e-6:
+            raise ValueError(
+                f"infeasible budget {self.kind}={self.value}: even the smallest plan (every group at its "
+                f"lowest candidate) needs {self.describe(least, gs, fixed_numel)}; "
+                f"choose a budget of at least that")
+
+    def describe(self, measure: float, groups: list[GroupPlan], fixed_numel: int) -> str:
+        if self.kind == "avg_bits":
+            return f"avg_bits={measure / sum(g.numel for g in groups):.4f}"
+        if self.kind == "compression":
+            fp32 = FLOAT_BITS * (sum(g.numel for g in groups) + fixed_numel)
+            return f"compression={fp32 / measure:.4f}"
+        return f"size_mb={measure / 8e6:.6f}"
+
+
+@dataclass
+class PrecisionPlan:
+    """Bits per weight group, keyed by group name (e.g. "rnn.weight_ih_l0:i")."""
+
+    search_space: str
+    candidates: list[int]
+    groups: dict[str, GroupPlan]
+    fixed_numel: int
+    budget: Budget | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.candidates = [check_bits(b) for b in self.candidates]
+        for name, g in self.groups.items():
+            check_bits(g.bits)
+            if g.numel <= 0:
+                raise ValueError(f"group {name!r} has numel {g.numel}; it must be positive")
+
+    @property
+    def bits(self) -> dict[str, int]:
+        return {n: g.bits for n, g in self.groups.items()}
+
+    def size(self) -> SizeReport:
+        return plan_size(self.groups.values(), self.fixed_numel)
+
+    def meets_budget(self) -> bool:
+        if self.budget is None:
+            return True
+        gs = list(self.groups.values())
+        return self.budget.measure(gs, self.fixed_numel) <= self.budget.capacity(gs, self.fixed_numel) + 1e-6
+
+    def with_bits(self, bits: Mapping[str, int]) -> "PrecisionPlan":
+        groups = {n: GroupPlan(g.param, g.rows, g.numel, check_bits(bits[n]), g.scales, g.probs)
+                  for n, g in self.groups.items()}
+        return PrecisionPlan(self.search_space, self.candidates, groups, self.fixed_numel,
+                             self.budget, dict(self.extra))
+
+    # ---- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        r = self.size()
+        groups = {}
+        for n, g in self.groups.items():
+            d: dict[str, Any] = {"param": g.param, "rows": list(g.rows) if g.rows else None,
+                                 "numel": g.numel, "bits": g.bits, "scales": g.scales}
+            if g.probs is not None:
+                d["probs"] = [round(float(p), 6) for p in g.probs]
+            groups[n] = d
+        return {
+            "format": PLAN_FORMAT, "search_space": self.search_space, "candidates": self.candidates,
+            "budget": None if self.budget is None else {"kind": self.budget.kind, "value": self.budget.value},
+            "groups": groups, "fixed_numel": self.fixed_numel,
+            "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
+            "compression": r.compression, "avg_bits": r.avg_bits, **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "plan") -> "PrecisionPlan":
+        if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
+            fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
+            raise ValueError(f"{source}: unsupported plan format {fmt!r}; expected {PLAN_FORMAT!r}")
+        try:
+            groups = {n: GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None,
+                                   int(g["numel"]), int(g["bits"]), int(g.get("scales", 1)),
+                                   tuple(g["probs"]) if g.get("probs") else None)
+                      for n, g in d["groups"].items()}
+            budget = Budget(**d["budget"]) if d.get("budget") else None
+            known = {"format", "search_space", "candidates", "budget", "groups", "fixed_numel",
+                     "size_bits", "fp32_size_bits", "compression", "avg_bits"}
+            plan = cls(d["search_space"], list(d["candidates"]), groups, int(d["fixed_numel"]),
+                       budget, {k: v for k, v in d.items() if k not in known})
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{source}: malformed plan, missing or bad field {e}") from None
+        r = plan.size()
+        if "size_bits" in d and int(d["size_bits"]) != r.size_bits:
+            raise ValueError(f"{source}: size_bits {d['size_bits']} does not match the groups "
+                             f"(recount gives {r.size_bits}); the file was edited or is corrupt")
+        return plan
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; refusing to overwrite it (pass --overwrite to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PrecisionPlan":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"plan file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def summary_table(self) -> str:
+        """A Markdown table: one row per group, then the totals."""
+        lines = ["| group | numel | bits |", "|---|---:|---:|"]
+        lines += [f"| {n} | {g.numel} | {g.bits} |" for n, g in self.groups.items()]
+        r = self.size()
+        lines.append(f"\nsize {r.size_bits / 8e6:.4f} MB, {r.compression:.2f}x vs FP32, "
+                     f"avg {r.avg_bits:.3f} bits over searched weights")
+        return "\n".join(lines)

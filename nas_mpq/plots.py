@@ -1,0 +1,36 @@
+"""Matplotlib figures written as PNGs into a run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .plan import PrecisionPlan  # noqa: E402
+
+
+def plot_plan(plan: PrecisionPlan, path: str | Path) -> Path:
+    """Bar chart of bits per group, coloured by layer (the group's parameter)."""
+    names = list(plan.groups)
+    layers = list(dict.fromkeys(g.param for g in plan.groups.values()))
+    cmap = plt.get_cmap("tab20")
+    colour = {p: cmap(i % 20) for i, p in enumerate(layers)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    ax.bar(range(len(names)), [plan.groups[n].bits for n in names],
+           color=[colour[plan.groups[n].param] for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_yscale("log", base=2)
+    ticks = sorted({b for b in plan.candidates if b > 0})
+    ax.set_yticks(ticks, [str(b) for b in ticks])
+    ax.set_ylabel("bits")
+    r = plan.size()
+    ax.set_title(f"{plan.search_space}: avg {r.avg_bits:.2f} bits, {r.compression:.1f}x vs FP32")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[p]) for p in layers]
+    ax.legend(handles, layers, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,18 @@
+"""Pure-torch weight quantizers and straight-through estimators."""
+from .functional import VALID_BITS, check_bits, identity_ste, qmax, round_ste
+from .quantizers import (
+    QUANT_METHODS,
+    BinaryQuantizer,
+    FullPrecision,
+    LSQQuantizer,
+    Prune,
+    UniformQuantizer,
+    WeightQuantizer,
+    make_quantizer,
+)
+
+__all__ = [
+    "VALID_BITS", "QUANT_METHODS", "check_bits", "qmax", "round_ste", "identity_ste",
+    "WeightQuantizer", "FullPrecision", "Prune", "BinaryQuantizer", "UniformQuantizer",
+    "LSQQuantizer", "make_quantizer",
+]

@@ -1,0 +1,128 @@
+"""Weight quantizers as small modules: `bits`, `forward(w) -> w_hat` (differentiable, STE) and
+`value(w)` (the same numbers without autograd, used by the composite weight).
+
+Example:
+    >>> q = make_quantizer(4, torch.randn(8, 16))
+    >>> w_hat = q(torch.randn(8, 16))      # 4-bit uniform, gradient straight through
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+QUANT_METHODS = ("uniform", "lsq")
+
+
+class WeightQuantizer(nn.Module):
+    """Base class. `identity_grad` is True when d forward / d w is the identity (plain STE) and the
+    quantizer has no learnable parameters: the composite weight then needs no recomputed graph."""
+
+    identity_grad = True
+
+    def __init__(self, bits: int, per_channel: bool = False) -> None:
+        super().__init__()
+        self.bits = F.check_bits(bits)
+        self.per_channel = per_channel
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward(w)
+
+    def num_scales(self, shape: torch.Size | tuple[int, ...]) -> int:
+        """How many 32-bit scale values this quantizer stores for a weight of `shape`."""
+        if self.bits in (0, 16, 32):
+            return 0
+        return int(shape[0]) if self.per_channel else 1
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+class FullPrecision(WeightQuantizer):
+    """32 bits: identity. 16 bits: rounds through float16."""
+
+    def __init__(self, bits: int = 32, per_channel: bool = False) -> None:
+        super().__init__(bits, per_channel)
+        if self.bits not in (16, 32):
+            raise ValueError(f"FullPrecision takes 16 or 32 bits, got {bits}")
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.bits == 32 else F.half_quantize(w)
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        return w.detach() if self.bits == 32 else w.detach().half().to(w.dtype)
+
+
+class Prune(WeightQuantizer):
+    """0 bits: the group is removed (all zeros, no gradient to the weight)."""
+
+    identity_grad = False
+
+    def __init__(self, bits: int = 0, per_channel: bool = False) -> None:
+        super().__init__(0, per_channel)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * 0.0
+
+
+class BinaryQuantizer(WeightQuantizer):
+    """1 bit: `mean|w| * sign(w)`."""
+
+    def __init__(self, bits: int = 1, per_channel: bool = False) -> None:
+        super().__init__(1, per_channel)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return F.binary_quantize(w, self.per_channel)
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        a = F.binary_scale(w, self.per_channel)
+        return torch.where(w.detach() >= 0, a, -a)
+
+
+class UniformQuantizer(WeightQuantizer):
+    """2..8 bits symmetric uniform; the scale follows the weight's statistics at every call."""
+
+    def __init__(self, bits: int, per_channel: bool = False) -> None:
+        super().__init__(bits, per_channel)
+        F.qmax(self.bits)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return F.uniform_quantize(w, self.bits, self.per_channel)
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        s = F.uniform_scale(w, self.bits, self.per_channel)
+        q = F.qmax(self.bits)
+        return torch.div(w.detach(), s).round_().clamp_(-q, q).mul_(s)
+
+
+class LSQQuantizer(WeightQuantizer):
+    """2..8 bits with a learned step size, initialised from `init_weight` (mean-based)."""
+
+    identity_grad = False
+
+    def __init__(self, bits: int, init_weight: torch.Tensor, per_channel: bool = False) -> None:
+        super().__init__(bits, per_channel)
+        self.scale = nn.Parameter(F.uniform_scale(init_weight, self.bits, per_channel).clone())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return F.lsq_quantize(w, self.scale.clamp_min(1e-8), self.bits)
+
+
+def make_quantizer(
+    bits: int, weight: torch.Tensor, method: str = "uniform", per_channel: bool = False
+) -> WeightQuantizer:
+    """The quantizer for `bits`: 0 prune, 1 binary, 2..8 uniform or LSQ, 16/32 full precision."""
+    bits = F.check_bits(bits)
+    if method not in QUANT_METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; valid: {list(QUANT_METHODS)}")
+    if bits == 0:
+        return Prune()
+    if bits == 1:
+        return BinaryQuantizer(per_channel=per_channel)
+    if bits in (16, 32):
+        return FullPrecision(bits)
+    if method == "lsq":
+        return LSQQuantizer(bits, weight, per_channel)
+    return UniformQuantizer(bits, per_channel)

@@ -1,0 +1,62 @@
+"""Search-space specs: which modules are searched, at what granularity, over which bit-widths.
+
+Example:
+    >>> space = SearchSpace("lstm_lm", candidates=[1, 2, 4, 8, 32],
+    ...                     rules=[GroupRule("decoder", candidates=[2, 4, 8])])
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from ..quant import QUANT_METHODS, check_bits
+
+GRANULARITIES = ("tensor", "gate")
+LSTM_GATES = ("i", "f", "g", "o")
+
+
+@dataclass
+class GroupRule:
+    """Applies to modules whose qualified name matches `pattern` (fnmatch). `granularity` "gate"
+    splits each LSTM weight into its four gates; `exclude` keeps the module in FP32."""
+
+    pattern: str
+    granularity: str | None = None
+    candidates: list[int] | None = None
+    exclude: bool = False
+
+    def __post_init__(self) -> None:
+        if self.granularity is not None and self.granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {self.granularity!r} in rule {self.pattern!r}; "
+                             f"valid: {list(GRANULARITIES)}")
+        if self.candidates is not None:
+            self.candidates = _check_candidates(self.candidates)
+
+
+@dataclass
+class SearchSpace:
+    """The default candidates, per-module rules (first match wins), and quantizer settings."""
+
+    name: str
+    candidates: list[int]
+    rules: list[GroupRule] = field(default_factory=list)
+    method: str = "uniform"
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        self.candidates = _check_candidates(self.candidates)
+        if self.method not in QUANT_METHODS:
+            raise ValueError(f"unknown quantization method {self.method!r}; valid: {list(QUANT_METHODS)}")
+        self.rules = [r if isinstance(r, GroupRule) else GroupRule(**r) for r in self.rules]
+
+    def rule_for(self, module_name: str) -> GroupRule | None:
+        return next((r for r in self.rules if fnmatch.fnmatchcase(module_name, r.pattern)), None)
+
+
+def _check_candidates(candidates: list[int]) -> list[int]:
+    if not candidates:
+        raise ValueError("the candidate bit-widths must not be empty")
+    bits = [check_bits(b) for b in candidates]
+    if len(set(bits)) != len(bits):
+        raise ValueError(f"candidate bit-widths must be distinct, got {list(candidates)}")
+    return sorted(bits)

@@ -1,0 +1,205 @@
+"""Model surgery: turn a float model into a supernet, a supernet or float model into a fixed-plan
+QAT model, and read the plan off a supernet.
+
+Example:
+    >>> net = LSTMLM(vocab_size=1000)
+    >>> prepare_search_(net, space)            # every group gets a Gumbel-softmax choice
+    >>> plan = derive_plan(net, space, budget=Budget("avg_bits", 2.0))
+    >>> apply_plan_(LSTMLM(vocab_size=1000), plan, space)   # fixed precision, ready for QAT
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from ..plan import Budget, GroupPlan, PrecisionPlan
+from ..quant import make_quantizer
+from .choice import GumbelSampler, MixedPrecisionChoice
+from .knapsack import repair_plan
+from .layers import SEARCHABLE, SearchableMixin, SearchLSTM
+from .space import SearchSpace
+
+_SAMPLER = "_nas_mpq_sampler"
+_HOOK = "_nas_mpq_hook"
+
+
+@dataclass(frozen=True)
+class SearchGroup:
+    """A searched group as found in a prepared model."""
+
+    name: str
+    module: SearchableMixin
+    key: str
+    choice: MixedPrecisionChoice
+    plan: GroupPlan
+
+
+def _named_parameters_ids(model: nn.Module) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def _group_candidates(space: SearchSpace, module_name: str, key: str,
+                      override: Mapping[str, list[int]] | None) -> list[int]:
+    name = f"{module_name}.{key}"
+    if override is not None:
+        if name not in override:
+            raise KeyError(name)
+        return override[name]
+    rule = space.rule_for(module_name)
+    return rule.candidates if rule and rule.candidates else space.candidates
+
+
+def prepare_search_(model: nn.Module, space: SearchSpace, *,
+                    candidates: Mapping[str, list[int]] | None = None,
+                    sampler: GumbelSampler | None = None) -> nn.Module:
+    """Replace every searchable layer (Linear, Embedding, LSTM) of `model` in place by its
+    searchable subclass, with one choice per weight group. `candidates` overrides the space's
+    candidates per group name (apply_plan_ passes one bit-width each). Parameters shared between
+    layers (tied embedding/output) form one group. Every forward of the model then draws fresh
+    Gumbel noise from `sampler` in training mode and uses the argmax in eval mode."""
+    to_float_(model)
+    by_param: dict[int, MixedPrecisionChoice] = {}
+    for module_name, mod in list(model.named_modules()):
+        cls = SEARCHABLE.get(type(mod))
+        rule = space.rule_for(module_name)
+        if cls is None or (rule is not None and rule.exclude):
+            continue
+
+        def make_choice(key: str, w: torch.Tensor, _name: str = module_name) -> MixedPrecisionChoice:
+            bits = _group_candidates(space, _name, key, candidates)
+            return MixedPrecisionChoice([make_quantizer(b, w, space.method, space.per_channel)
+                                         for b in bits])
+
+        shared = {"weight": by_param[id(mod.weight)]} if id(getattr(mod, "weight", None)) in by_param else None
+        if cls is SearchLSTM:
+            granularity = (rule.granularity if rule and rule.granularity else "gate")
+            new = SearchLSTM.from_float(mod, make_choice, granularity)
+        else:
+            new = cls.from_float(mod, make_choice, shared)
+            by_param.setdefault(id(mod.weight), new.choices["weight"])
+        _set_submodule(model, module_name, new)
+    searched = [g.choice for g in search_groups(model) if g.choice.theta is not None]
+    if searched:
+        sampler = sampler or GumbelSampler()
+        setattr(model, _SAMPLER, sampler)
+        setattr(model, _HOOK, model.register_forward_pre_hook(partial(_resample, sampler, searched)))
+    return model
+
+
+def _resample(sampler: GumbelSampler, choices: list[MixedPrecisionChoice],
+              model: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: one fresh sample per choice and forward (tied layers share it)."""
+    for choice in choices:
+        choice.sample = sampler.sample(choice.theta) if model.training else None
+
+
+def get_sampler(model: nn.Module) -> GumbelSampler:
+    """The Gumbel sampler of a prepared supernet."""
+    if not hasattr(model, _SAMPLER):
+        raise ValueError("model has no mixed-precision choices; call prepare_search_ first")
+    return getattr(model, _SAMPLER)
+
+
+def to_float_(model: nn.Module) -> nn.Module:
+    """Undo prepare_search_/apply_plan_ in place: plain float layers sharing the same parameters."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, SearchableMixin):
+            _set_submodule(model, name, mod.to_float())
+    if hasattr(model, _HOOK):
+        getattr(model, _HOOK).remove()
+        delattr(model, _HOOK)
+        delattr(model, _SAMPLER)
+    return model
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def search_groups(model: nn.Module) -> list[SearchGroup]:
+    """Every searched group of a prepared model, in module order, tied groups once."""
+    names = _named_parameters_ids(model)
+    seen: set[int] = set()
+    out = []
+    for module_name, mod in model.named_modules():
+        if not isinstance(mod, SearchableMixin):
+            continue
+        for key, choice in mod.choices.items():
+            if id(choice) in seen:
+                continue
+            seen.add(id(choice))
+            param, rows = mod.slices[key]
+            w = getattr(mod, param)
+            numel = w[rows[0]:rows[1]].numel() if rows else w.numel()
+            scales = max(q.num_scales(w.shape if rows is None else (rows[1] - rows[0],) + tuple(w.shape[1:]))
+                         for q in choice.quantizers) or 1
+            gp = GroupPlan(names[id(w)], rows, numel, choice.argmax_bits(), scales,
+                           tuple(choice.probs().tolist()))
+            out.append(SearchGroup(f"{module_name}.{key}", mod, key, choice, gp))
+    return out
+
+
+def fixed_numel(model: nn.Module) -> int:
+    """Parameters outside every searched group (biases, norms, excluded layers), counted once;
+    theta and quantizer scales are not model weights (scales are counted with their group)."""
+    groups = search_groups(model)
+    searched = {id(getattr(g.module, g.module.slices[g.key][0])) for g in groups}
+    machinery = {id(p) for g in groups for p in g.choice.parameters()}
+    return sum(p.numel() for p in _unique_parameters(model)
+               if id(p) not in searched and id(p) not in machinery)
+
+
+def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    return iter(dict((id(p), p) for p in model.parameters()).values())
+
+
+def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = None) -> PrecisionPlan:
+    """The plan of a supernet: argmax of theta per group, then (with a budget) the exact repair
+    by multiple-choice knapsack with cost -log pi, so the plan meets the budget."""
+    groups = search_groups(model)
+    plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),
+                         {g.name: g.plan for g in groups}, fixed_numel(model), budget)
+    if budget is None:
+        return plan
+    return repair_plan(plan, {g.name: g.choice.candidates for g in groups},
+                       {g.name: g.choice.probs().tolist() for g in groups})
+
+
+def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> None:
+    """Raise ValueError naming the groups if `plan` does not fit `model` under `space`."""
+    probe = prepare_search_(_structure_copy(model), space)
+    expected = {g.name: g.plan for g in search_groups(probe)}
+    missing = sorted(set(expected) - set(plan.groups))
+    extra = sorted(set(plan.groups) - set(expected))
+    shape = sorted(n for n in set(expected) & set(plan.groups)
+                   if (expected[n].param, expected[n].rows, expected[n].numel)
+                   != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].numel))
+    if missing or extra or shape:
+        raise ValueError(
+            "the plan does not match the model: "
+            + "; ".join(f"{what}: {names}" for what, names in
+                        (("groups missing from the plan", missing), ("plan groups not in the model", extra),
+                         ("groups whose parameter, rows or size differ", shape)) if names))
+
+
+def _structure_copy(model: nn.Module) -> nn.Module:
+    """A float copy of `model` (tied parameters stay tied; the sampler and its hook are not copied)."""
+    memo = {id(getattr(model, a)): None for a in (_SAMPLER, _HOOK) if hasattr(model, a)}
+    clone = copy.deepcopy(model, memo)
+    for a in (_SAMPLER, _HOOK):
+        clone.__dict__.pop(a, None)
+    clone._forward_pre_hooks.clear()
+    return to_float_(clone)
+
+
+def apply_plan_(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> nn.Module:
+    """Make `model` (float or supernet) a fixed-precision QAT model in place: each group gets the
+    single quantizer of its planned bits. Raises ValueError naming mismatched groups."""
+    check_plan_matches(model, plan, space)
+    return prepare_search_(model, space, candidates={n: [g.bits] for n, g in plan.groups.items()})

@@ -1,0 +1,58 @@
+"""The model families nas-mpq searches over, registered by name (a dict plus a decorator).
+
+Each entry is a backbone nn.Module class and a function building its default SearchSpace.
+
+Example:
+    >>> entry = get_search_space("lstm_lm")
+    >>> net = entry.build(vocab_size=10000, hidden_dim=256)
+    >>> space = entry.space(candidates=[2, 4, 8])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from nas_mpq.search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class SearchSpaceEntry:
+    name: str
+    model_cls: type[nn.Module]
+    space_fn: Callable[..., SearchSpace]
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        return self.model_cls(**kwargs)
+
+    def space(self, **overrides: Any) -> SearchSpace:
+        return self.space_fn(**overrides)
+
+
+_REGISTRY: dict[str, SearchSpaceEntry] = {}
+
+
+def register_search_space(name: str, space_fn: Callable[..., SearchSpace]):
+    """Class decorator: register a backbone under `name` with its default-space builder."""
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"search space {name!r} is already registered")
+        _REGISTRY[name] = SearchSpaceEntry(name, cls, space_fn)
+        return cls
+    return wrap
+
+
+def list_search_spaces() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_search_space(name: str | SearchSpaceEntry) -> SearchSpaceEntry:
+    if isinstance(name, SearchSpaceEntry):
+        return name
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown search space {name!r}; registered: {list_search_spaces()}")
+    return _REGISTRY[name]
+
+
+from . import lstm_lm  # noqa: E402,F401  (registers)
