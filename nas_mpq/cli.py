@@ -134,7 +134,8 @@ def run_pretrain(argv: list[str]) -> int:
                "epochs": cli.trainer.current_epoch, "checkpoint": str(model_ckpt)}
     if cli.model.plan is not None:
         r = cli.model.plan.size()
-        metrics.update(plan=cli.config.model.plan, size_bits=r.size_bits, compression=r.compression,
+        metrics.update(plan=cli.config.model.plan, uniform_bits=cli.config.model.uniform_bits,
+                       size_bits=r.size_bits, compression=r.compression,
                        avg_bits=r.avg_bits)
     _write_json(cli.run_dir / "metrics.json", metrics)
     print(json.dumps(metrics, indent=1))

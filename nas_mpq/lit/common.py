@@ -81,10 +81,11 @@ class LMModule(pl.LightningModule):
         self._hidden[stream] = detach_hidden(hidden)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    def on_train_epoch_start(self) -> None:
-        # dropout masks depend on (seed, epoch, rank) only, so a run resumed at an epoch boundary
-        # continues exactly as one that ran straight through
-        torch.manual_seed(self.seed * 100003 + self.current_epoch * 101 + self.global_rank)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout masks depend on (seed, step, rank) only, so a resumed run continues exactly as
+        # one that ran straight through, wherever it was stopped
+        step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
+        torch.manual_seed((self.seed * 1_000_003 + step) * 101 + self.global_rank)
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self.val_loss.update(self.lm_loss(batch, "val"), batch[1].numel())

@@ -10,7 +10,8 @@ after the warm-up. Validation runs the argmax plan (no noise).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from dataclasses import asdict
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -39,8 +40,8 @@ class SupernetModule(LMModule):
         >>> plan = module.derive_plan()          # meets the budget exactly
     """
 
-    def __init__(self, net: nn.Module, space: SpaceConfig = SpaceConfig(),
-                 budget: Budget = Budget("avg_bits", 2.0),
+    def __init__(self, net: nn.Module, space: SpaceConfig | Mapping[str, Any] = SpaceConfig(),
+                 budget: Budget | Mapping[str, Any] = Budget("avg_bits", 2.0),
                  optimizer: OptimizerFactory = _default_weight_optimizer,
                  arch_optimizer: OptimizerFactory = _default_arch_optimizer,
                  lam: float = 5.0, penalty: str = "one_sided", warmup_fraction: float = 0.15,
@@ -48,7 +49,11 @@ class SupernetModule(LMModule):
                  hard_below: float | None = None, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, seed: int = 0) -> None:
         super().__init__(net, seed)
+        space = space if isinstance(space, SpaceConfig) else SpaceConfig(**space)
+        budget = budget if isinstance(budget, Budget) else Budget(**budget)
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
+        # plain values in checkpoints, so they load with torch.load(weights_only=True)
+        self.hparams.update(space=asdict(space), budget=asdict(budget))
         for name, v in (("warmup_fraction", warmup_fraction), ("ramp_fraction", ramp_fraction)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
@@ -104,7 +109,6 @@ class SupernetModule(LMModule):
 
     # ---- steps ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
         self._search_iter = None
 
     def _search_batch(self) -> tuple:

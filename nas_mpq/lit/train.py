@@ -1,11 +1,15 @@
 """Training module: FP32 pretraining, or QAT of a fixed precision plan (apply_plan_)."""
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import apply_plan_, search_groups
+from nas_mpq.quant import check_bits
+from nas_mpq.search import apply_plan_, search_groups, uniform_plan
 
 from .common import LMModule, OptimizerFactory, SpaceConfig
 
@@ -16,7 +20,8 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 class LMTrainModule(LMModule):
     """Trains `net` on the training split. With `plan` (a plan.json path) the network is first made
-    a fixed-precision QAT model: every group goes through the quantizer of its planned bits.
+    a fixed-precision QAT model: every group goes through the quantizer of its planned bits;
+    `uniform_bits` does the same with every group at one bit-width (the uniform baseline).
 
     Example:
         >>> module = LMTrainModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
@@ -24,17 +29,27 @@ class LMTrainModule(LMModule):
     """
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory = _default_optimizer,
-                 space: SpaceConfig | None = None, plan: str | None = None, seed: int = 0) -> None:
+                 space: SpaceConfig | Mapping[str, Any] | None = None, plan: str | None = None,
+                 uniform_bits: int | None = None, seed: int = 0) -> None:
         super().__init__(net, seed)
+        space = space if space is None or isinstance(space, SpaceConfig) else SpaceConfig(**space)
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        # plain values in checkpoints, so they load with torch.load(weights_only=True)
+        self.hparams.update(space=None if space is None else asdict(space))
         self.optimizer_factory = optimizer
         self.plan: PrecisionPlan | None = None
+        if plan is not None and uniform_bits is not None:
+            raise ValueError(f"give either plan ({plan}) or uniform_bits ({uniform_bits}), not both")
         if plan is not None:
             self.plan = PrecisionPlan.load(plan)
             space_cfg = space or SpaceConfig(name=self.plan.search_space)
             if space_cfg.name != self.plan.search_space:
                 raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
                                  f"the model config says {space_cfg.name!r}")
+        elif uniform_bits is not None:
+            space_cfg = space or SpaceConfig()
+            self.plan = uniform_plan(self.net, space_cfg.build(), check_bits(uniform_bits))
+        if self.plan is not None:
             apply_plan_(self.net, self.plan, space_cfg.build())
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:

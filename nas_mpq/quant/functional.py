@@ -40,24 +40,30 @@ def identity_ste(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return x_hat.detach() + (x - x.detach())
 
 
-def _reduce_abs(w: torch.Tensor, per_channel: bool, how: str) -> torch.Tensor:
-    """max|w| or mean|w|, over the whole tensor or per output channel (dim 0), kept broadcastable."""
-    a = w.detach().abs()
+AbsStats = tuple[torch.Tensor, torch.Tensor]
+"""(mean|w|, max|w|), per tensor (0-dim) or per output channel (broadcastable against w)."""
+
+
+def abs_stats(w: torch.Tensor, per_channel: bool = False) -> AbsStats:
+    """The statistics every scale rule needs, computed once per weight and shared by all the
+    candidate quantizers of a group (no gradient)."""
+    a = w.detach()
     if per_channel:
-        a = a.reshape(a.shape[0], -1)
-        r = a.amax(dim=1) if how == "max" else a.mean(dim=1)
-        return r.reshape((-1,) + (1,) * (w.dim() - 1))
-    return a.max() if how == "max" else a.mean()
+        flat = a.reshape(a.shape[0], -1)
+        lo, hi = torch.aminmax(flat, dim=1)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        return flat.abs().mean(dim=1).reshape(shape), torch.maximum(-lo, hi).reshape(shape)
+    lo, hi = torch.aminmax(a)
+    return a.abs().mean(), torch.maximum(-lo, hi)
 
 
-def uniform_scale(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
+def uniform_scale(w: torch.Tensor, bits: int, per_channel: bool = False,
+                  stats: AbsStats | None = None) -> torch.Tensor:
     """Scale of the symmetric uniform grid: max-abs `max|w| / q` for b >= 4, mean-based
     `2 mean|w| / sqrt(q)` for b <= 3 (max-abs rounds almost everything to 0 at 2-3 bits)."""
     q = qmax(bits)
-    if bits <= 3:
-        s = 2.0 * _reduce_abs(w, per_channel, "mean") / math.sqrt(q)
-    else:
-        s = _reduce_abs(w, per_channel, "max") / q
+    mean, mx = stats if stats is not None else abs_stats(w, per_channel)
+    s = 2.0 * mean / math.sqrt(q) if bits <= 3 else mx / q
     return s.clamp_min(torch.finfo(w.dtype).tiny)
 
 
@@ -73,19 +79,25 @@ def uniform_quantize(w: torch.Tensor, bits: int, per_channel: bool = False) -> t
     return identity_ste(w, uniform_codes(w, bits, s) * s)
 
 
-def binary_scale(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
+def binary_scale(w: torch.Tensor, per_channel: bool = False,
+                 stats: AbsStats | None = None) -> torch.Tensor:
     """`a = mean|w|` (per tensor or per output channel)."""
-    return _reduce_abs(w, per_channel, "mean")
+    return (stats if stats is not None else abs_stats(w, per_channel))[0]
+
+
+def binary_value(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`scale * sign(w)` with the sign taken from the sign bit (+0 -> +1), no gradient."""
+    return torch.copysign(scale.expand_as(w), w.detach())
 
 
 def binary_codes(w: torch.Tensor) -> torch.Tensor:
-    """sign(w) with sign(0) = +1, as a float tensor of +-1 (no gradient)."""
-    return torch.where(w.detach() >= 0, 1.0, -1.0).to(w.dtype)
+    """sign(w) as a float tensor of +-1 (+0 -> +1), no gradient."""
+    return torch.copysign(torch.ones_like(w), w.detach())
 
 
 def binary_quantize(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
-    """`Q(w) = a * sign(w)`, sign(0) = +1, a = mean|w|, with the identity STE."""
-    return identity_ste(w, binary_scale(w, per_channel) * binary_codes(w))
+    """`Q(w) = a * sign(w)`, a = mean|w|, with the identity STE."""
+    return identity_ste(w, binary_value(w, binary_scale(w, per_channel)))
 
 
 def half_quantize(w: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ class WeightQuantizer(nn.Module):
         self.bits = F.check_bits(bits)
         self.per_channel = per_channel
 
-    def value(self, w: torch.Tensor) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
+        """forward(w) without autograd. `stats` (F.abs_stats of w at this quantizer's
+        per_channel) lets the candidates of a group share one pass over the weight."""
         with torch.no_grad():
             return self.forward(w)
 
@@ -51,7 +53,7 @@ class FullPrecision(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.bits == 32 else F.half_quantize(w)
 
-    def value(self, w: torch.Tensor) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
         return w.detach() if self.bits == 32 else w.detach().half().to(w.dtype)
 
 
@@ -76,9 +78,8 @@ class BinaryQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.binary_quantize(w, self.per_channel)
 
-    def value(self, w: torch.Tensor) -> torch.Tensor:
-        a = F.binary_scale(w, self.per_channel)
-        return torch.where(w.detach() >= 0, a, -a)
+    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
+        return F.binary_value(w, F.binary_scale(w, self.per_channel, stats))
 
 
 class UniformQuantizer(WeightQuantizer):
@@ -91,8 +92,8 @@ class UniformQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.uniform_quantize(w, self.bits, self.per_channel)
 
-    def value(self, w: torch.Tensor) -> torch.Tensor:
-        s = F.uniform_scale(w, self.bits, self.per_channel)
+    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
+        s = F.uniform_scale(w, self.bits, self.per_channel, stats)
         q = F.qmax(self.bits)
         return torch.div(w.detach(), s).round_().clamp_(-q, q).mul_(s)
 

@@ -6,12 +6,12 @@ from .knapsack import repair_plan, solve_knapsack
 from .layers import SEARCHABLE, SearchableMixin, SearchEmbedding, SearchLinear, SearchLSTM
 from .space import GroupRule, SearchSpace
 from .surgery import (SearchGroup, apply_plan_, check_plan_matches, derive_plan, fixed_numel,
-                      get_sampler, prepare_search_, search_groups, to_float_)
+                      get_sampler, prepare_search_, search_groups, to_float_, uniform_plan)
 
 __all__ = [
     "CompositeWeight", "GumbelSampler", "MixedPrecisionChoice", "SEARCHABLE", "SearchableMixin",
     "SearchEmbedding", "SearchLinear", "SearchLSTM", "GroupRule", "SearchSpace", "SearchGroup",
     "prepare_search_", "to_float_", "apply_plan_", "derive_plan", "check_plan_matches",
-    "search_groups", "fixed_numel", "get_sampler", "repair_plan", "solve_knapsack",
+    "search_groups", "uniform_plan", "fixed_numel", "get_sampler", "repair_plan", "solve_knapsack",
     "BudgetRegularizer", "PENALTIES",
 ]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..quant import WeightQuantizer
+from ..quant.functional import AbsStats, abs_stats
 
 
 class CompositeWeight(torch.autograd.Function):
@@ -27,13 +28,19 @@ class CompositeWeight(torch.autograd.Function):
     their own gradients (and those of their parameters, passed as `params`) come out exactly."""
 
     @staticmethod
-    def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor,
-                quantizers: Sequence[WeightQuantizer], *params: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(w)
+    def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, quantizers: Sequence[WeightQuantizer],
+                stats: AbsStats | None, *params: torch.Tensor) -> torch.Tensor:
+        stats = stats if stats is not None else _shared_stats(w, quantizers)
+        out = None
         for k, (q, y_k) in enumerate(zip(quantizers, y.tolist())):
-            if y_k != 0.0:  # a hard or one-hot y needs one quantization, not K
-                out.addcmul_(q.value(w), y[k])
-        ctx.quantizers = quantizers
+            if y_k == 0.0:  # a hard or one-hot y needs one quantization, not K
+                continue
+            if out is None:
+                out = q.value(w, stats) * y[k]
+            else:
+                out.addcmul_(q.value(w, stats), y[k])
+        out = torch.zeros_like(w) if out is None else out
+        ctx.quantizers, ctx.stats = quantizers, stats
         ctx.save_for_backward(w, y)
         return out
 
@@ -47,9 +54,10 @@ class CompositeWeight(torch.autograd.Function):
         identity = [k for k, q in enumerate(quantizers) if q.identity_grad]
         grad_w = grad * y[identity].sum() if ctx.needs_input_grad[0] else None
         flat_grad = grad.reshape(-1)
+        stats = ctx.stats
         for k, q in enumerate(quantizers):
             if q.identity_grad:
-                grad_y[k] = torch.dot(flat_grad, q.value(w).reshape(-1))
+                grad_y[k] = torch.dot(flat_grad, q.value(w, stats).reshape(-1))
                 continue
             with torch.enable_grad():
                 w_leaf = w.detach().requires_grad_(True)
@@ -62,7 +70,13 @@ class CompositeWeight(torch.autograd.Function):
             for p, g in zip(own, grads[1:]):
                 if g is not None:
                     grad_params[id(p)] = g
-        return (grad_w, grad_y, None, *[grad_params.get(id(p)) for p in params])
+        return (grad_w, grad_y, None, None, *[grad_params.get(id(p)) for p in params])
+
+
+def _shared_stats(w: torch.Tensor, quantizers: Sequence[WeightQuantizer]) -> AbsStats | None:
+    """One pass of weight statistics for every candidate, when they agree on per_channel."""
+    modes = {q.per_channel for q in quantizers}
+    return abs_stats(w, modes.pop()) if len(modes) == 1 else None
 
 
 class MixedPrecisionChoice(nn.Module):
@@ -100,12 +114,20 @@ class MixedPrecisionChoice(nn.Module):
             return self.sample
         return nn.functional.one_hot(self.theta.argmax(), len(self.candidates)).to(self.theta.dtype)
 
-    def composite(self, w: torch.Tensor) -> torch.Tensor:
-        if self.theta is None:
+    @property
+    def elementwise(self) -> bool:
+        """True when every candidate maps each weight on its own given the shared statistics
+        (identity STE, no parameters), so a subset of rows can be quantized alone."""
+        return all(q.identity_grad for q in self.quantizers)
+
+    def composite(self, w: torch.Tensor, stats: AbsStats | None = None) -> torch.Tensor:
+        """`sum_k y_k Q_k(w)`. `stats` (abs_stats of the whole weight) lets `w` be a subset of
+        its rows: the result equals those rows of the composite of the whole weight."""
+        if self.theta is None and stats is None:
             return self.quantizers[0](w)
         y = self.weights().to(w.device, w.dtype)
         params = [p for q in self.quantizers for p in q.parameters()]
-        return CompositeWeight.apply(w, y, list(self.quantizers), *params)
+        return CompositeWeight.apply(w, y, list(self.quantizers), stats, *params)
 
     def extra_repr(self) -> str:
         return f"candidates={self.candidates}"

@@ -12,6 +12,7 @@ import torch
 from torch import _VF, nn
 from torch.nn import functional as F
 
+from ..quant.functional import abs_stats
 from .choice import MixedPrecisionChoice
 from .space import LSTM_GATES
 
@@ -83,8 +84,18 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.embedding(x, self.composite_weight("weight"), self.padding_idx, self.max_norm,
-                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+        choice = self.choices["weight"]
+        per_channel = {q.per_channel for q in choice.quantizers}
+        if (self.padding_idx is not None or self.max_norm is not None or not choice.elementwise
+                or len(per_channel) != 1):
+            return F.embedding(x, self.composite_weight("weight"), self.padding_idx, self.max_norm,
+                               self.norm_type, self.scale_grad_by_freq, self.sparse)
+        # quantize only the rows this batch looks up, with the statistics of the whole table
+        # (per-row statistics come from the rows themselves)
+        used, inverse = torch.unique(x, return_inverse=True)
+        stats = None if per_channel == {True} else abs_stats(self.weight, False)
+        rows = choice.composite(self.weight[used], stats)
+        return F.embedding(inverse, rows, None, None, self.norm_type, self.scale_grad_by_freq, self.sparse)
 
     def to_float(self) -> nn.Embedding:
         mod = nn.Embedding(self.num_embeddings, self.embedding_dim, device="meta")

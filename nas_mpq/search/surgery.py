@@ -198,6 +198,12 @@ def _structure_copy(model: nn.Module) -> nn.Module:
     return to_float_(clone)
 
 
+def uniform_plan(model: nn.Module, space: SearchSpace, bits: int) -> PrecisionPlan:
+    """The plan with every group of `model` (float or prepared) under `space` at `bits`."""
+    probe = prepare_search_(_structure_copy(model), space)
+    return derive_plan(probe, space).with_bits({g.name: bits for g in search_groups(probe)})
+
+
 def apply_plan_(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> nn.Module:
     """Make `model` (float or supernet) a fixed-precision QAT model in place: each group gets the
     single quantizer of its planned bits. Raises ValueError naming mismatched groups."""

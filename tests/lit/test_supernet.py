@@ -1,0 +1,87 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import tiny_lm
+from nas_mpq.data import LMDataModule
+from nas_mpq.lit import LMTrainModule, SpaceConfig, SupernetModule
+from nas_mpq.plan import Budget
+from nas_mpq.search import search_groups
+
+
+def datamodule(corpus_dir):
+    return LMDataModule(str(corpus_dir), max_vocab=200, batch_size=8, eval_batch_size=4, bptt=12)
+
+
+def trainer(epochs=2):
+    return pl.Trainer(max_epochs=epochs, limit_train_batches=6, limit_val_batches=3, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0)
+
+
+def search(corpus_dir, seed=0, **kw):
+    pl.seed_everything(seed)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16, seed=seed), budget=Budget("avg_bits", 2.0),
+                            warmup_fraction=0.1, ramp_fraction=0.2, seed=seed, **kw)
+    trainer().fit(module, datamodule=datamodule(corpus_dir))
+    return module
+
+
+def thetas(module):
+    return torch.stack([g.choice.theta.detach() for g in search_groups(module.net)])
+
+
+def test_same_seed_same_plan(corpus_dir):
+    a, b = search(corpus_dir), search(corpus_dir)
+    assert torch.equal(thetas(a), thetas(b))
+    assert a.derive_plan().bits == b.derive_plan().bits
+    assert not torch.equal(thetas(a), torch.zeros_like(thetas(a)))  # the choices were trained
+    c = search(corpus_dir, seed=1)
+    assert not torch.equal(thetas(a), thetas(c))
+
+
+def test_search_logs_and_plan_meets_budget(corpus_dir):
+    module = search(corpus_dir)
+    logged = module.trainer.callback_metrics
+    for key in ("train/loss", "val/ppl", "arch/expected_bits", "arch/entropy", "search/loss"):
+        assert key in logged, key
+    assert len(module.val_history) == 2
+    plan = module.derive_plan()
+    assert plan.meets_budget() and plan.size().avg_bits <= 2.0
+    assert set(plan.bits.values()) <= {1, 2, 4, 8, 32}
+
+
+def test_single_level_runs(corpus_dir):
+    module = search(corpus_dir, single_level=True)
+    assert module.derive_plan().meets_budget()
+
+
+def test_schedules():
+    module = SupernetModule(tiny_lm(), warmup_fraction=0.2, ramp_fraction=0.4, tau_start=4.0, tau_end=1.0,
+                            lam=2.0)
+    assert module.schedule(0.0) == (4.0, 0.0, False)
+    tau, lam, active = module.schedule(0.4)
+    assert active and lam == pytest.approx(1.0) and tau == pytest.approx(4.0 * 0.25 ** 0.4)
+    assert module.schedule(1.0)[:2] == (pytest.approx(1.0), 2.0)
+
+
+def test_bad_input_before_training():
+    with pytest.raises(ValueError, match=r"infeasible budget avg_bits=0.5.*avg_bits=1.0000"):
+        SupernetModule(tiny_lm(), budget=Budget("avg_bits", 0.5))
+    with pytest.raises(ValueError, match=r"unknown bit-width 5; valid bit-widths are \[0, 1, 2, 3, 4, 8, 16, 32\]"):
+        SupernetModule(tiny_lm(), space=SpaceConfig(candidates=[1, 5, 32]))
+    with pytest.raises(ValueError, match="unknown search space 'vit'"):
+        SupernetModule(tiny_lm(), space=SpaceConfig(name="vit"))
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        SupernetModule(tiny_lm(), warmup_fraction=1.5)
+
+
+def test_uniform_qat_module_quantizes(corpus_dir):
+    module = LMTrainModule(tiny_lm(vocab=200, dim=16), uniform_bits=2)
+    assert set(module.plan.bits.values()) == {2}
+    assert all(g.choice.candidates == [2] for g in search_groups(module.net))
+    w = module.net.encoder.composite_weight("weight")
+    assert w.unique().numel() <= 3
+    trainer(1).fit(module, datamodule=datamodule(corpus_dir))
+    with pytest.raises(ValueError, match="not both"):
+        LMTrainModule(tiny_lm(), plan="p.json", uniform_bits=2)

@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from nas_mpq.quant import make_quantizer
+from nas_mpq.search import GumbelSampler, MixedPrecisionChoice
+
+CANDIDATES = [1, 2, 4, 8, 32]
+
+
+def make_choice(w, method="uniform", candidates=CANDIDATES):
+    return MixedPrecisionChoice([make_quantizer(b, w, method) for b in candidates])
+
+
+@pytest.fixture
+def w():
+    torch.manual_seed(1)
+    return torch.randn(12, 7)
+
+
+@pytest.mark.parametrize("method", ["uniform", "lsq"])
+def test_one_hot_choice_equals_single_quantizer_exactly(w, method):
+    choice = make_choice(w, method)
+    for k, bits in enumerate(CANDIDATES):
+        choice.sample = torch.nn.functional.one_hot(torch.tensor(k), len(CANDIDATES)).float()
+        single = choice.quantizers[k](w)
+        assert torch.equal(choice.composite(w), single), bits
+
+
+def test_eval_uses_argmax_one_hot(w):
+    choice = make_choice(w)
+    with torch.no_grad():
+        choice.theta[2] = 3.0
+    assert choice.argmax_bits() == 4
+    assert torch.equal(choice.composite(w), choice.quantizers[2](w))
+
+
+@pytest.mark.parametrize("method", ["uniform", "lsq"])
+def test_composite_gradients_equal_naive_autograd_sum(w, method):
+    choice = make_choice(w, method, candidates=[0, 1, 2, 4, 8, 16, 32])
+    y = torch.softmax(torch.randn(7), 0)
+    g = torch.randn_like(w)
+
+    w1, y1 = w.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    choice.sample = y1
+    choice.composite(w1).backward(g)
+    scale_grads = [q.scale.grad.clone() for q in choice.quantizers if hasattr(q, "scale")]
+    choice.zero_grad()
+
+    w2, y2 = w.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    naive = sum(y2[k] * q(w2) for k, q in enumerate(choice.quantizers))
+    naive.backward(g)
+    naive_scale = [q.scale.grad.clone() for q in choice.quantizers if hasattr(q, "scale")]
+
+    assert torch.allclose(w1.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(y1.grad, y2.grad, rtol=1e-5, atol=1e-5)
+    assert len(scale_grads) == (3 if method == "lsq" else 0)
+    for a, b in zip(scale_grads, naive_scale):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_composite_value_is_weighted_sum(w):
+    choice = make_choice(w)
+    y = torch.softmax(torch.randn(5), 0)
+    choice.sample = y
+    expected = sum(y[k] * q(w) for k, q in enumerate(choice.quantizers))
+    assert torch.allclose(choice.composite(w), expected, atol=1e-6)
+
+
+def test_sampler_is_seeded_and_restorable():
+    theta = torch.randn(5)
+    a, b = GumbelSampler(tau=1.0, seed=3), GumbelSampler(tau=1.0, seed=3)
+    assert torch.equal(a.sample(theta), b.sample(theta))
+    state = a.state_dict()
+    x = a.sample(theta)
+    c = GumbelSampler(seed=99)
+    c.load_state_dict(state)
+    assert torch.equal(c.sample(theta), x)
+    assert c.tau == 1.0
+
+
+def test_sampler_soft_and_hard():
+    theta = torch.zeros(4, requires_grad=True)
+    soft = GumbelSampler(tau=0.5, seed=0).sample(theta)
+    assert torch.allclose(soft.sum(), torch.tensor(1.0)) and (soft > 0).all()
+    hard = GumbelSampler(tau=0.5, hard=True, seed=0).sample(theta)
+    assert sorted(hard.detach().tolist()) == [0.0, 0.0, 0.0, 1.0]
+    (hard * torch.arange(4.0)).sum().backward()
+    assert theta.grad.abs().sum() > 0  # straight-through gradient reaches theta
+    with pytest.raises(ValueError, match="temperature"):
+        GumbelSampler(tau=0.0)
+
+
+def test_low_temperature_concentrates():
+    theta = torch.tensor([0.0, 2.0, 0.0])
+    sampler = GumbelSampler(tau=0.05, seed=0)
+    picks = [int(sampler.sample(theta).argmax()) for _ in range(400)]
+    assert picks.count(1) / 400 > 0.6
+
+
+def test_choice_rejects_duplicates(w):
+    with pytest.raises(ValueError, match="distinct"):
+        MixedPrecisionChoice([make_quantizer(4, w), make_quantizer(4, w)])
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("cands", [[1, 2, 4, 8, 32], [2]])
+def test_embedding_quantizes_looked_up_rows_like_the_whole_table(per_channel, cands):
+    """SearchEmbedding quantizes only the rows a batch uses, with the whole table's statistics:
+    the output and the gradients (weight and y) equal those of the composite of the whole table."""
+    from torch import nn
+    from nas_mpq.search.layers import SearchEmbedding
+
+    torch.manual_seed(0)
+    layer = SearchEmbedding.from_float(nn.Embedding(40, 6), lambda key, w: MixedPrecisionChoice(
+        [make_quantizer(b, w, per_channel=per_channel) for b in cands]))
+    choice = layer.choices["weight"]
+    x, g = torch.randint(0, 40, (3, 9)), torch.randn(3, 9, 6)
+    y = torch.softmax(torch.randn(len(cands)), 0)
+
+    def run(forward):
+        layer.zero_grad()
+        if choice.theta is not None:
+            choice.sample = y.clone().requires_grad_(True)
+        out = forward()
+        out.backward(g)
+        y_grad = None if choice.theta is None else choice.sample.grad
+        return out.detach(), layer.weight.grad.clone(), y_grad
+
+    rows = run(lambda: layer(x))
+    table = run(lambda: nn.functional.embedding(x, layer.composite_weight("weight")))
+    assert torch.equal(rows[0], table[0])
+    assert torch.allclose(rows[1], table[1], atol=1e-6)
+    if choice.theta is not None:
+        assert torch.allclose(rows[2], table[2], atol=1e-5)

@@ -1,0 +1,141 @@
+"""The `nas-mpq` stages end to end on a small real corpus (tiny limits), and every shipped config."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nas_mpq.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+NET = {"class_path": "search_spaces.lstm_lm.LSTMLM",
+       "init_args": {"embed_dim": 16, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1}}
+TRAINER = {"max_epochs": 2, "limit_train_batches": 5, "limit_val_batches": 2, "limit_test_batches": 2,
+           "enable_progress_bar": False, "enable_model_summary": False}
+
+
+@pytest.fixture
+def config(tmp_path, corpus_dir):
+    cfg = {
+        "seed_everything": 0,
+        "data": {"corpus": str(corpus_dir), "max_vocab": 200, "batch_size": 8, "eval_batch_size": 4, "bptt": 12},
+        "pretrain": {"trainer": TRAINER, "model": {"net": NET}},
+        "search": {"trainer": TRAINER, "model": {"net": NET, "space": {"name": "lstm_lm"},
+                                                 "budget": {"kind": "avg_bits", "value": 2.0},
+                                                 "warmup_fraction": 0.1, "ramp_fraction": 0.2}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_pretrain_search_qat_pipeline(config, tmp_path):
+    fp32, run = tmp_path / "fp32", tmp_path / "search"
+    assert main(["pretrain", "--config", str(config), "--run_dir", str(fp32)]) == 0
+    metrics = json.loads((fp32 / "metrics.json").read_text())
+    assert metrics["test_ppl"] > 1 and (fp32 / "model.ckpt").is_file()
+    assert main(["search", "--config", str(config), "--run_dir", str(run),
+                 "--init_ckpt", str(fp32 / "model.ckpt")]) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["format"] == "nas-mpq.plan/1" and plan["avg_bits"] <= 2.0
+    assert (run / "plan.png").stat().st_size > 1000
+    m = json.loads((run / "metrics.json").read_text())
+    assert len(m["val_ppl_history"]) == 2 and m["size_bits"] == plan["size_bits"]
+    assert sorted((run / "checkpoints").iterdir())[0].name == "epoch=0.ckpt"
+    assert (run / "logs").is_dir()
+    qat = tmp_path / "qat"
+    assert main(["pretrain", "--config", str(config), "--run_dir", str(qat), "--init_ckpt",
+                 str(fp32 / "model.ckpt"), "--model.plan", str(run / "plan.json")]) == 0
+    q = json.loads((qat / "metrics.json").read_text())
+    assert q["size_bits"] == plan["size_bits"] and q["test_ppl"] > 1
+
+
+def test_resumed_search_ends_with_the_same_plan(config, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["search", "--config", str(config), "--run_dir", str(straight)]) == 0
+    epoch0 = straight / "checkpoints" / "epoch=0.ckpt"
+    assert main(["search", "--config", str(config), "--run_dir", str(resumed), "--resume", str(epoch0)]) == 0
+    assert (straight / "plan.json").read_text() == (resumed / "plan.json").read_text()
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert torch.equal(a["nas_mpq"]["sampler"]["generator"], b["nas_mpq"]["sampler"]["generator"])
+    assert json.loads((straight / "metrics.json").read_text())["val_ppl_history"] == \
+        json.loads((resumed / "metrics.json").read_text())["val_ppl_history"]
+
+
+def test_refuses_to_overwrite_results(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"plan.json exists from a previous run; refusing to overwrite.*--overwrite"):
+        main(["search", "--config", str(config), "--run_dir", str(run)])
+    assert (run / "plan.json").read_text() == "{}"
+    assert not (run / "checkpoints").exists()  # refused before any training
+    assert main(["search", "--config", str(config), "--run_dir", str(run), "--overwrite", "true",
+                 "--trainer.max_epochs", "1"]) == 0
+    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/1"
+    with pytest.raises(SystemExit, match="checkpoints of an unfinished run"):
+        (run / "plan.json").unlink()
+        main(["search", "--config", str(config), "--run_dir", str(run)])
+
+
+def test_bad_bit_width_and_budget_fail_before_training(config, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown bit-width 5"):
+        main(["search", "--config", str(config), "--run_dir", str(run), "--model.space.candidates", "[1, 5]"])
+    with pytest.raises(ValueError, match="infeasible budget"):
+        main(["search", "--config", str(config), "--run_dir", str(run), "--model.budget.value", "0.25"])
+    assert not (run / "checkpoints").exists()
+
+
+def test_plan_that_does_not_match_the_model(config, tmp_path):
+    run = tmp_path / "search"
+    main(["search", "--config", str(config), "--run_dir", str(run), "--trainer.max_epochs", "1"])
+    with pytest.raises(ValueError, match=r"the plan does not match the model: .*rnn.weight_ih_l0:i"):
+        main(["pretrain", "--config", str(config), "--run_dir", str(tmp_path / "qat"),
+              "--model.plan", str(run / "plan.json"), "--model.net.init_args.hidden_dim", "32"])
+
+
+def shipped_configs():
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        stages = [s for s in ("pretrain", "search") if s in cfg] or \
+            ["search" if "budget" in cfg["model"] else "pretrain"]
+        for stage in stages:
+            yield pytest.param(path, stage, id=f"{path.parent.name}/{path.name}:{stage}")
+
+
+@pytest.mark.parametrize("path,stage", shipped_configs())
+def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys):
+    from nas_mpq.cli import StageCLI, stage_args
+    from nas_mpq.lit import LMTrainModule, SupernetModule
+    monkeypatch.chdir(REPO)
+    model_cls = SupernetModule if stage == "search" else LMTrainModule
+    cli = StageCLI(stage, model_cls, stage_args(stage, ["--config", str(path), "--run_dir", str(tmp_path)]))
+    assert isinstance(cli.model, model_cls)
+    assert cli.model.net.vocab_size == cli.datamodule.vocab_size
+    with pytest.raises(SystemExit):
+        main([stage, "--config", str(path), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["net"]["class_path"] == "search_spaces.lstm_lm.LSTMLM"
+
+
+@pytest.mark.slow
+def test_quick_config_search_learns(tmp_path, monkeypatch):
+    """The quick config at avg 2 bits: the plan mixes bit-widths and val/ppl improves."""
+    monkeypatch.chdir(REPO)
+    quick = "configs/shakespeare_lstm/quick.yaml"
+    assert main(["pretrain", "--config", quick, "--run_dir", str(tmp_path / "fp32"),
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    assert main(["search", "--config", quick, "--run_dir", str(tmp_path / "search"),
+                 "--init_ckpt", str(tmp_path / "fp32" / "model.ckpt"), "--trainer.enable_progress_bar", "false"]) == 0
+    m = json.loads((tmp_path / "search" / "metrics.json").read_text())
+    plan = json.loads((tmp_path / "search" / "plan.json").read_text())
+    assert len(set(g["bits"] for g in plan["groups"].values())) >= 2
+    assert plan["avg_bits"] <= 2.0
+    history = m["val_ppl_history"]
+    assert history[-1] < history[0], history
