@@ -18,15 +18,14 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/nas-mpq pretrain --config configs/shakespeare_lstm/quick.yaml --run_dir $(RUN_DIR)/pretrain
-	$(BIN)/nas-mpq search --config configs/shakespeare_lstm/quick.yaml --run_dir $(RUN_DIR)/search \
-		--init_ckpt $(RUN_DIR)/pretrain/model.ckpt
+	$(BIN)/nas-mpq run --config configs/shakespeare_lstm/quick.yaml --run_dir $(RUN_DIR)
 
 test: setup
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

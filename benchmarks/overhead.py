@@ -53,10 +53,8 @@ def make_net(vocab: int) -> LSTMLM:
     return LSTMLM(vocab, 256, 256, 2, dropout=0.5).train()
 
 
-def fp32_step(vocab: int) -> Step:
-    net = make_net(vocab)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer) -> Step:
+    """Forward, loss, backward and optimizer step on one batch."""
     def step(batch: tuple) -> None:
         x, y, _ = batch
         loss = lm_loss(net(x)[0], y)
@@ -64,6 +62,11 @@ def fp32_step(vocab: int) -> Step:
         loss.backward()
         opt.step()
     return step
+
+
+def fp32_step(vocab: int) -> Step:
+    net = make_net(vocab)
+    return train_step(net, torch.optim.Adam(net.parameters(), lr=1e-3))
 
 
 def supernet(vocab: int) -> tuple[LSTMLM, list, list]:
@@ -75,15 +78,7 @@ def supernet(vocab: int) -> tuple[LSTMLM, list, list]:
 
 def supernet_step(vocab: int) -> Step:
     net, weights, theta = supernet(vocab)
-    opt = torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3)
-
-    def step(batch: tuple) -> None:
-        x, y, _ = batch
-        loss = lm_loss(net(x)[0], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    return train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
 
 
 def bilevel_step(vocab: int, search_batch: tuple) -> Step:

@@ -1,30 +1,39 @@
-"""Test perplexity of FP32, uniform-bit QAT and searched-plan QAT on one config family.
+"""Test perplexity of FP32, uniform-precision and searched mixed-precision models, each finalized
+the same way, at one or more average-bit budgets. Every stage runs through the `nas-mpq` CLI in
+its own directory under --run_dir (a stage whose result exists is reused, so an interrupted run
+continues):
 
-Runs the stages through the `nas-mpq` CLI, each in its own directory under --run_dir:
-  fp32/        nas-mpq pretrain --config <configs>/pretrain.yaml
-  search/      nas-mpq search   --config <configs>/search.yaml --init_ckpt fp32/model.ckpt
-  qat-mixed/   nas-mpq pretrain --config <configs>/qat.yaml   --init_ckpt fp32/model.ckpt --model.plan search/plan.json
-  qat-uniformB/ the same with --model.uniform_bits B
-A stage whose result already exists is reused, so an interrupted run continues where it stopped.
+  fp32/                pretrain                                   (<configs>/pretrain.yaml)
+  search-avg<B>/       search at budget avg_bits = B, from fp32   (<configs>/search.yaml)
+  ste-avg<B>/          finalize the searched plan, STE (QAT)      (<configs>/finalize.yaml)
+  admm-avg<B>/         finalize the searched plan, ADMM
+  uniform<b>-<method>/ finalize the uniform b-bit plan meeting the same budget
+
 Prints JSON.
 
-    python benchmarks/quality.py --configs configs/shakespeare_lstm --run_dir runs/bench-quality
+    python benchmarks/quality.py --budgets 2.0 --methods ste            # issue figures at 16x
+    python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
 """
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from nas_mpq.pipeline import uniform_bits_for
+from nas_mpq.plan import PrecisionPlan
 
-def stage(cmd: list[str], run_dir: Path, result: str, timings: dict[str, float]) -> dict:
-    """Run `nas-mpq cmd --run_dir run_dir` unless run_dir/result exists; its metrics.json."""
+KEYS = ("test_ppl", "val_ppl", "epochs_to_best_val", "avg_bits", "compression", "size_bits")
+
+
+def stage(args: list[str], run_dir: Path, result: str, timings: dict[str, float]) -> dict:
+    """`nas-mpq args --run_dir run_dir` unless run_dir/result exists; its metrics.json."""
+    import subprocess
     if not (run_dir / result).exists():
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "nas_mpq.cli", *cmd, "--run_dir", str(run_dir)], check=True)
+        subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir)], check=True)
         timings[run_dir.name] = round(time.perf_counter() - start, 1)
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -33,27 +42,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="configs/shakespeare_lstm")
     ap.add_argument("--run_dir", default="runs/bench-quality")
-    ap.add_argument("--uniform_bits", type=int, default=2)
+    ap.add_argument("--budgets", type=float, nargs="+", default=[2.0], help="avg_bits budgets")
+    ap.add_argument("--methods", nargs="+", default=["ste", "admm"], choices=["ste", "admm"])
     args = ap.parse_args()
     cfg, root = Path(args.configs), Path(args.run_dir)
     timings: dict[str, float] = {}
     fp32 = stage(["pretrain", "--config", str(cfg / "pretrain.yaml")], root / "fp32", "model.ckpt", timings)
     init = ["--init_ckpt", str(root / "fp32" / "model.ckpt")]
-    search = stage(["search", "--config", str(cfg / "search.yaml"), *init], root / "search", "plan.json", timings)
-    qat = ["pretrain", "--config", str(cfg / "qat.yaml"), *init]
-    mixed = stage([*qat, "--model.plan", str(root / "search" / "plan.json")], root / "qat-mixed",
-                  "model.ckpt", timings)
-    uniform = stage([*qat, "--model.uniform_bits", str(args.uniform_bits)],
-                    root / f"qat-uniform{args.uniform_bits}", "model.ckpt", timings)
-    keys = ("test_ppl", "val_ppl", "avg_bits", "compression", "size_bits")
-    print(json.dumps({
-        "configs": str(cfg),
-        "fp32": {k: fp32[k] for k in ("test_ppl", "val_ppl")},
-        "search": {k: search[k] for k in ("val_ppl_history", "avg_bits", "compression", "bits_used")},
-        "mixed_qat": {k: mixed.get(k) for k in keys},
-        f"uniform{args.uniform_bits}_qat": {k: uniform.get(k) for k in keys},
-        "seconds": timings,
-    }, indent=1))
+    out: dict = {"configs": str(cfg), "fp32": {k: fp32[k] for k in ("test_ppl", "val_ppl")}, "budgets": {}}
+    for budget in args.budgets:
+        name = f"avg{budget:g}"
+        search = stage(["search", "--config", str(cfg / "search.yaml"), "--model.budget.value", str(budget), *init],
+                       root / f"search-{name}", "plan.json", timings)
+        plan_path = root / f"search-{name}" / "plan.json"
+        plan = PrecisionPlan.load(plan_path)
+        bits = uniform_bits_for(plan)
+        uniform_plan = root / f"uniform{bits}" / "plan.json"
+        if not uniform_plan.exists():
+            plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan)
+        entry = {"search": {k: search[k] for k in ("val_ppl_history", "avg_bits", "compression", "bits_used")}}
+        finalize = ["finalize", "--config", str(cfg / "finalize.yaml"), *init]
+        for method in args.methods:
+            mixed = stage([*finalize, "--plan", str(plan_path), "--model.method", method],
+                          root / f"{method}-{name}", "model.safetensors", timings)
+            uniform = stage([*finalize, "--plan", str(uniform_plan), "--model.method", method],
+                            root / f"uniform{bits}-{method}", "model.safetensors", timings)
+            entry[f"mixed_{method}"] = {k: mixed.get(k) for k in KEYS}
+            entry[f"uniform{bits}_{method}"] = {k: uniform.get(k) for k in KEYS}
+        out["budgets"][name] = entry
+    out["seconds"] = timings
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

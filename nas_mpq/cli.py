@@ -7,22 +7,27 @@ merged into each section.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from jsonargparse import ArgumentParser
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
 from .data import LMDataModule
-from .lit import LMTrainModule, SupernetModule, load_net_weights
+from .export import data_bytes, load_quantized, read_header, save_quantized
+from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights
 from .plots import plot_plan
 
-STAGES = ("pretrain", "search")
+STAGES = ("pretrain", "search", "finalize")
+RESULT_FILES = {"pretrain": "model.ckpt", "search": "plan.json", "finalize": "model.safetensors"}
 PIPELINE_SHARED = ("data", "seed_everything")
 
 
@@ -75,13 +80,16 @@ class StageCLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="replace the results of a previous run in --run_dir")
         parser.link_arguments("data.vocab_size", "model.net.init_args.vocab_size", apply_on="instantiate")
+        if self.stage == "finalize":
+            parser.add_argument("--plan", type=str, required=True, help="the plan.json to finalize")
+            parser.link_arguments("plan", "model.plan")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
         if not cfg.run_dir:
             raise SystemExit(f"error: nas-mpq {self.stage} needs --run_dir")
         self.run_dir = Path(cfg.run_dir)
-        result = self.run_dir / ("plan.json" if self.stage == "search" else "model.ckpt")
+        result = self.run_dir / RESULT_FILES[self.stage]
         ckpts = self.run_dir / "checkpoints"
         if not cfg.overwrite and result.exists():
             raise SystemExit(f"error: {result} exists from a previous run; refusing to overwrite it "
@@ -92,7 +100,7 @@ class StageCLI(LightningCLI):
         cfg.trainer.default_root_dir = str(self.run_dir)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        every_epoch = self.stage == "search"
+        every_epoch = self.stage == "search"  # finalize and pretrain keep the best by val/ppl
         checkpoint = ModelCheckpoint(dirpath=self.run_dir / "checkpoints", save_last=True,
                                      filename="epoch={epoch}" if every_epoch else "best",
                                      auto_insert_metric_name=False,
@@ -165,14 +173,91 @@ def run_search(argv: list[str]) -> int:
     return 0
 
 
-RUNNERS: dict[str, Callable[[list[str]], int]] = {"pretrain": run_pretrain, "search": run_search}
+def _model_args(cli: StageCLI) -> dict[str, Any]:
+    """Constructor arguments of the network, as the registry's builder takes them."""
+    args = cli.config.model.net.init_args.as_dict()
+    args["vocab_size"] = cli.datamodule.vocab_size
+    return args
+
+
+def _test_ppl(net: Any, datamodule: LMDataModule) -> float:
+    """Test perplexity of a plain network, exactly as `nas-mpq evaluate` computes it."""
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    return trainer.test(LMTrainModule(net), datamodule=datamodule, verbose=False)[0]["test/ppl"]
+
+
+def run_finalize(argv: list[str]) -> int:
+    cli = StageCLI("finalize", FinalizeModule, stage_args("finalize", argv))
+    module: FinalizeModule = cli.model
+    if cli.config.init_ckpt:
+        load_net_weights(module.net, cli.config.init_ckpt)
+        module.reinitialize()
+    cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=_resume_path(cli))
+    best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
+    history = list(module.val_history)
+    cli.trainer.validate(module, datamodule=cli.datamodule, ckpt_path=best, verbose=False)  # loads the best
+    net = module.quantized_net()
+    test_ppl = _test_ppl(net, cli.datamodule)
+    space_args = {k: v for k, v in asdict(module.space_config).items() if k != "name" and v is not None}
+    path = save_quantized(cli.run_dir / "model.safetensors", net, module.plan, module.group_codes(),
+                          _model_args(cli), space_args,
+                          metadata={"data": cli.config.data.as_dict(), "method": module.method,
+                                    "test_ppl": test_ppl}, overwrite=cli.config.overwrite)
+    r = module.plan.size()
+    best_epoch = 1 + min(range(len(history)), key=history.__getitem__) if history else None
+    metrics = {"stage": "finalize", "method": module.method, "test_ppl": test_ppl,
+               "val_ppl": min(history) if history else None, "val_ppl_history": history,
+               "epochs_to_best_val": best_epoch, "size_bits": r.size_bits,
+               "fp32_size_bits": r.fp32_size_bits, "compression": r.compression, "avg_bits": r.avg_bits,
+               "file_bytes": path.stat().st_size, "data_bytes": data_bytes(path), "model": str(path)}
+    _write_json(cli.run_dir / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def run_evaluate(argv: list[str]) -> int:
+    """`nas-mpq evaluate --model FILE [--data.*]`: test perplexity and sizes of a packed model."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    model = pre.parse_known_args(argv)[0].model
+    parser = ArgumentParser(prog="nas-mpq evaluate",
+                            description="test perplexity and sizes of a packed model (JSON)")
+    parser.add_argument("--model", type=str, required=True, help="a model.safetensors written by finalize")
+    parser.add_class_arguments(LMDataModule, "data")
+    if model:
+        header = read_header(model)
+        data = header["metadata"].get("data", {})
+        parser.set_defaults({f"data.{k}": v for k, v in data.items()})
+    cfg = parser.parse_args(argv)
+    header = read_header(cfg.model)
+    net = load_quantized(cfg.model)
+    datamodule = LMDataModule(**cfg.data.as_dict())
+    r = header["plan"].size()
+    result = {"model": cfg.model, "test_ppl": _test_ppl(net, datamodule), "size_bits": r.size_bits,
+              "fp32_size_bits": r.fp32_size_bits, "compression": r.compression, "avg_bits": r.avg_bits,
+              "file_bytes": Path(cfg.model).stat().st_size, "data_bytes": data_bytes(cfg.model)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def run_pipeline(argv: list[str]) -> int:
+    from .pipeline import run
+    return run(argv)
+
+
+RUNNERS: dict[str, Callable[[list[str]], int]] = {
+    "pretrain": run_pretrain, "search": run_search, "finalize": run_finalize, "evaluate": run_evaluate,
+    "run": run_pipeline,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in RUNNERS:
         print(f"usage: nas-mpq {{{','.join(RUNNERS)}}} --config CONFIG.yaml --run_dir DIR [overrides]\n"
-              "  each stage takes --help and --print_config", file=sys.stderr)
+              "       nas-mpq evaluate --model DIR/model.safetensors [--data.*]\n"
+              "  each command takes --help; stages take --print_config", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return RUNNERS[argv[0]](argv[1:])
 

@@ -34,3 +34,18 @@ def plot_plan(plan: PrecisionPlan, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_stage_ppl(ppl: dict[str, float], path: str | Path) -> Path:
+    """Bar chart of test perplexity per model (FP32, mixed, uniform)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.5))
+    names = list(ppl)
+    bars = ax.bar(range(len(names)), [ppl[n] for n in names], color=["#777777", "#2a7ab9", "#d9822b"][: len(names)])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel("test perplexity")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

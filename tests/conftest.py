@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
@@ -33,3 +34,27 @@ def tiny_lm(vocab: int = 50, dim: int = 8, layers: int = 2, tie: bool = False, s
 @pytest.fixture
 def space():
     return lstm_lm_space()
+
+
+# A pipeline config on the small corpus with tiny limits, for end-to-end runs of the CLI.
+NET = {"class_path": "search_spaces.lstm_lm.LSTMLM",
+       "init_args": {"embed_dim": 16, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1}}
+TRAINER = {"max_epochs": 2, "limit_train_batches": 5, "limit_val_batches": 2, "limit_test_batches": 2,
+           "enable_progress_bar": False, "enable_model_summary": False}
+
+
+@pytest.fixture
+def config(tmp_path, corpus_dir):
+    cfg = {
+        "seed_everything": 0,
+        "data": {"corpus": str(corpus_dir), "max_vocab": 200, "batch_size": 8, "eval_batch_size": 4, "bptt": 12},
+        "pretrain": {"trainer": TRAINER, "model": {"net": NET}},
+        "search": {"trainer": TRAINER, "model": {"net": NET, "space": {"name": "lstm_lm"},
+                                                 "budget": {"kind": "avg_bits", "value": 2.0},
+                                                 "warmup_fraction": 0.1, "ramp_fraction": 0.2}},
+        "finalize": {"trainer": TRAINER, "model": {"net": NET, "method": "admm", "rho": 0.01, "rho_growth": 1.5,
+                                                   "admm_every": 2}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

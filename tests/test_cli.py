@@ -9,27 +9,6 @@ import yaml
 from nas_mpq.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-NET = {"class_path": "search_spaces.lstm_lm.LSTMLM",
-       "init_args": {"embed_dim": 16, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1}}
-TRAINER = {"max_epochs": 2, "limit_train_batches": 5, "limit_val_batches": 2, "limit_test_batches": 2,
-           "enable_progress_bar": False, "enable_model_summary": False}
-
-
-@pytest.fixture
-def config(tmp_path, corpus_dir):
-    cfg = {
-        "seed_everything": 0,
-        "data": {"corpus": str(corpus_dir), "max_vocab": 200, "batch_size": 8, "eval_batch_size": 4, "bptt": 12},
-        "pretrain": {"trainer": TRAINER, "model": {"net": NET}},
-        "search": {"trainer": TRAINER, "model": {"net": NET, "space": {"name": "lstm_lm"},
-                                                 "budget": {"kind": "avg_bits", "value": 2.0},
-                                                 "warmup_fraction": 0.1, "ramp_fraction": 0.2}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def test_pretrain_search_qat_pipeline(config, tmp_path):
     fp32, run = tmp_path / "fp32", tmp_path / "search"
     assert main(["pretrain", "--config", str(config), "--run_dir", str(fp32)]) == 0
@@ -103,7 +82,7 @@ def test_plan_that_does_not_match_the_model(config, tmp_path):
 def shipped_configs():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
-        stages = [s for s in ("pretrain", "search") if s in cfg] or \
+        stages = [s for s in ("pretrain", "search", "finalize") if s in cfg] or \
             ["search" if "budget" in cfg["model"] else "pretrain"]
         for stage in stages:
             yield pytest.param(path, stage, id=f"{path.parent.name}/{path.name}:{stage}")
@@ -112,14 +91,25 @@ def shipped_configs():
 @pytest.mark.parametrize("path,stage", shipped_configs())
 def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys):
     from nas_mpq.cli import StageCLI, stage_args
-    from nas_mpq.lit import LMTrainModule, SupernetModule
+    from nas_mpq.data import LMDataModule
+    from nas_mpq.lit import FinalizeModule, LMTrainModule, SupernetModule
+    from nas_mpq.search import uniform_plan
+    from search_spaces import get_search_space
     monkeypatch.chdir(REPO)
-    model_cls = SupernetModule if stage == "search" else LMTrainModule
-    cli = StageCLI(stage, model_cls, stage_args(stage, ["--config", str(path), "--run_dir", str(tmp_path)]))
+    model_cls = {"search": SupernetModule, "pretrain": LMTrainModule, "finalize": FinalizeModule}[stage]
+    extra = []
+    if stage == "finalize":  # a plan that fits the config's network
+        cfg = yaml.safe_load(path.read_text())
+        data, net = cfg["data"], cfg[stage]["model"]["net"]
+        entry = get_search_space("lstm_lm")
+        model = entry.build(vocab_size=LMDataModule(**data).vocab_size, **net["init_args"])
+        uniform_plan(model, entry.space(), 2).save(tmp_path / "plan.json")
+        extra = ["--plan", str(tmp_path / "plan.json")]
+    cli = StageCLI(stage, model_cls, stage_args(stage, ["--config", str(path), "--run_dir", str(tmp_path), *extra]))
     assert isinstance(cli.model, model_cls)
     assert cli.model.net.vocab_size == cli.datamodule.vocab_size
     with pytest.raises(SystemExit):
-        main([stage, "--config", str(path), "--print_config"])
+        main([stage, "--config", str(path), "--print_config", *extra])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["net"]["class_path"] == "search_spaces.lstm_lm.LSTMLM"
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from nas_mpq.search import SearchSpace
+from nas_mpq.search import SearchSpace, search_groups
 from search_spaces import get_search_space
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -60,6 +60,18 @@ def load_net_weights(net: nn.Module, ckpt_path: str | Path) -> None:
         raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, "
                          f"unexpected {unexpected}, different shapes {shapes}")
     net.load_state_dict(weights, strict=False)
+
+
+def weight_param_groups(net: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the network's weights, then its quantizer scales (LSQ) without
+    weight decay; parameters in `exclude` (the choices' theta) are left out."""
+    skip = {id(p) for p in exclude}
+    scales = {id(p) for g in search_groups(net) for p in g.choice.parameters()} - skip
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in net.parameters() if id(p) not in skip and id(p) not in scales]}]
+    if scales:
+        groups.append({"params": [p for p in net.parameters() if id(p) in scales], "weight_decay": 0.0})
+    return groups
 
 
 class LMModule(pl.LightningModule):

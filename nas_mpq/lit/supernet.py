@@ -20,7 +20,7 @@ from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import (BudgetRegularizer, derive_plan, get_sampler, prepare_search_,
                             search_groups)
 
-from .common import LMModule, OptimizerFactory, SpaceConfig
+from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
 
 
 def _default_weight_optimizer(params) -> torch.optim.Optimizer:
@@ -47,13 +47,15 @@ class SupernetModule(LMModule):
                  lam: float = 5.0, penalty: str = "one_sided", warmup_fraction: float = 0.15,
                  ramp_fraction: float = 0.25, tau_start: float = 5.0, tau_end: float = 0.5,
                  hard_below: float | None = None, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
-                 single_level: bool = False, seed: int = 0) -> None:
+                 single_level: bool = False, min_fill: float | None = 0.99, seed: int = 0) -> None:
         super().__init__(net, seed)
         space = space if isinstance(space, SpaceConfig) else SpaceConfig(**space)
         budget = budget if isinstance(budget, Budget) else Budget(**budget)
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)
         self.hparams.update(space=asdict(space), budget=asdict(budget))
+        if min_fill is not None and not 0.0 < min_fill <= 1.0:
+            raise ValueError(f"min_fill must be in (0, 1] or None, got {min_fill}")
         for name, v in (("warmup_fraction", warmup_fraction), ("ramp_fraction", ramp_fraction)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
@@ -84,14 +86,8 @@ class SupernetModule(LMModule):
         return [g.choice.theta for g in search_groups(self.net) if g.choice.theta is not None]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        arch = {id(p) for p in self.arch_parameters()}
-        scales = {id(p) for g in search_groups(self.net) for p in g.choice.parameters()} - arch
-        weights = [p for p in self.net.parameters() if id(p) not in arch and id(p) not in scales]
-        groups: list[dict[str, Any]] = [{"params": weights}]
-        if scales:
-            groups.append({"params": [p for p in self.net.parameters() if id(p) in scales],
-                           "weight_decay": 0.0})
-        return [self.weight_factory(groups), self.arch_factory(self.arch_parameters())]
+        arch = self.arch_parameters()
+        return [self.weight_factory(weight_param_groups(self.net, exclude=arch)), self.arch_factory(arch)]
 
     # ---- schedules ------------------------------------------------------------------------------
     def progress(self, batch_idx: int) -> float:
@@ -157,7 +153,7 @@ class SupernetModule(LMModule):
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:
         """The argmax plan, repaired to meet the budget exactly."""
-        return derive_plan(self.net, self.space, self.budget)
+        return derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nas_mpq"] = {"sampler": self.sampler.state_dict(), "val_history": self.val_history}

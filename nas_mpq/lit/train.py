@@ -9,9 +9,9 @@ from torch import nn
 
 from nas_mpq.plan import PrecisionPlan
 from nas_mpq.quant import check_bits
-from nas_mpq.search import apply_plan_, search_groups, uniform_plan
+from nas_mpq.search import apply_plan_, to_float_, uniform_plan
 
-from .common import LMModule, OptimizerFactory, SpaceConfig
+from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -49,8 +49,14 @@ class LMTrainModule(LMModule):
         elif uniform_bits is not None:
             space_cfg = space or SpaceConfig()
             self.plan = uniform_plan(self.net, space_cfg.build(), check_bits(uniform_bits))
+        self.space = space_cfg.build() if self.plan is not None else None
+        self.reinitialize()
+
+    def reinitialize(self) -> None:
+        """Rebuild the plan's quantizers from the current weights (LSQ scales start from them);
+        call it after loading pretrained weights."""
         if self.plan is not None:
-            apply_plan_(self.net, self.plan, space_cfg.build())
+            apply_plan_(to_float_(self.net), self.plan, self.space)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         loss = self.lm_loss(batch, "train")
@@ -58,10 +64,4 @@ class LMTrainModule(LMModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        scales = {id(p) for g in search_groups(self.net) for p in g.choice.parameters()}
-        weights = [p for p in self.net.parameters() if id(p) not in scales]
-        groups = [{"params": weights}]
-        if scales:
-            groups.append({"params": [p for p in self.net.parameters() if id(p) in scales],
-                           "weight_decay": 0.0})
-        return self.optimizer_factory(groups)
+        return self.optimizer_factory(weight_param_groups(self.net))

@@ -68,9 +68,10 @@ def uniform_scale(w: torch.Tensor, bits: int, per_channel: bool = False,
 
 
 def uniform_codes(w: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:
-    """Integer codes clip(round(w / s), -q, q) as a float tensor (no gradient)."""
+    """Integer codes clip(round(w / s), -q, q) as a float tensor (no gradient). w / s is computed
+    as w * (1 / s), here and in UniformQuantizer.value alike (a multiply is cheaper)."""
     q = qmax(bits)
-    return torch.clamp(torch.round(w.detach() / scale), -q, q)
+    return torch.clamp(torch.round(w.detach() * scale.reciprocal()), -q, q)
 
 
 def uniform_quantize(w: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:

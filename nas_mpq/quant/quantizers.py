@@ -32,6 +32,11 @@ class WeightQuantizer(nn.Module):
         with torch.no_grad():
             return self.forward(w)
 
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer codes as floats, scale) with `codes * scale` equal to `value(w)`; for 16 and
+        32 bits the codes are the values and the scale is 1."""
+        return self.value(w), torch.ones((), dtype=w.dtype)
+
     def num_scales(self, shape: torch.Size | tuple[int, ...]) -> int:
         """How many 32-bit scale values this quantizer stores for a weight of `shape`."""
         if self.bits in (0, 16, 32):
@@ -68,6 +73,9 @@ class Prune(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * 0.0
 
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(w.detach()), torch.ones((), dtype=w.dtype)
+
 
 class BinaryQuantizer(WeightQuantizer):
     """1 bit: `mean|w| * sign(w)`."""
@@ -80,6 +88,9 @@ class BinaryQuantizer(WeightQuantizer):
 
     def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
         return F.binary_value(w, F.binary_scale(w, self.per_channel, stats))
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.binary_codes(w), F.binary_scale(w, self.per_channel)
 
 
 class UniformQuantizer(WeightQuantizer):
@@ -95,7 +106,11 @@ class UniformQuantizer(WeightQuantizer):
     def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
         s = F.uniform_scale(w, self.bits, self.per_channel, stats)
         q = F.qmax(self.bits)
-        return torch.div(w.detach(), s).round_().clamp_(-q, q).mul_(s)
+        return torch.mul(w.detach(), s.reciprocal()).round_().clamp_(-q, q).mul_(s)
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = F.uniform_scale(w, self.bits, self.per_channel)
+        return F.uniform_codes(w, self.bits, s), s
 
 
 class LSQQuantizer(WeightQuantizer):
@@ -109,6 +124,11 @@ class LSQQuantizer(WeightQuantizer):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.lsq_quantize(w, self.scale.clamp_min(1e-8), self.bits)
+
+    def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.scale.detach().clamp_min(1e-8)
+        q = F.qmax(self.bits)
+        return torch.clamp(w.detach() / s, -q, q).round(), s
 
 
 def make_quantizer(

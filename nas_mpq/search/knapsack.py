@@ -18,9 +18,11 @@ from ..plan import PrecisionPlan
 
 
 def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
-                   costs: Mapping[str, Sequence[float]]) -> dict[str, int]:
+                   costs: Mapping[str, Sequence[float]], min_fill: float | None = None) -> dict[str, int]:
     """Bits per group minimising total cost under `plan.budget`; a layer whose groups all allow
-    0 bits keeps at least one group unpruned. Raises ValueError if the budget is infeasible."""
+    0 bits keeps at least one group unpruned. With `min_fill` the plan also uses at least that
+    fraction of the budget (capped at the size of the largest plan); when no plan within the
+    budget reaches it, the requirement is dropped. Raises ValueError if the budget is infeasible."""
     budget = plan.budget
     if budget is None:
         raise ValueError("the plan has no budget to meet")
@@ -38,7 +40,11 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
     # every a_gk is an integer number of bits, so the integer bound floor(capacity) + 0.5 is exact
     # and leaves HiGHS's feasibility tolerance no room to overshoot
     bound = math.floor(capacity + 1e-6) + 0.5
-    constraints = [LinearConstraint(one_per_group, 1, 1), LinearConstraint(a[None, :], -np.inf, bound)]
+    lower = -np.inf
+    if min_fill is not None:
+        largest = sum(max(budget.group_cost(groups[n], b) for b in candidates[n]) for n in names)
+        lower = min(min_fill * capacity, largest)
+    constraints = [LinearConstraint(one_per_group, 1, 1), LinearConstraint(a[None, :], lower, bound)]
     by_layer: dict[str, list[str]] = defaultdict(list)
     for n in names:
         by_layer[groups[n].param].append(n)
@@ -47,6 +53,8 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
             row = np.array([1.0 if (n in layer_groups and b == 0) else 0.0 for n, b in index])
             constraints.append(LinearConstraint(row[None, :], -np.inf, len(layer_groups) - 1))
     res = milp(c, constraints=constraints, integrality=np.ones_like(c), bounds=Bounds(0, 1))
+    if res.x is None and min_fill is not None:  # no plan fills the budget that far: do not require it
+        return solve_knapsack(plan, candidates, costs, None)
     if res.x is None:
         raise ValueError(f"no plan meets the budget {budget.kind}={budget.value} ({res.message})")
     chosen = {n: b for (n, b), x in zip(index, res.x) if x > 0.5}
@@ -54,9 +62,11 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
 
 
 def repair_plan(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
-                probs: Mapping[str, Sequence[float]]) -> PrecisionPlan:
-    """The plan closest to the search (max sum log pi) that meets the budget."""
+                probs: Mapping[str, Sequence[float]], min_fill: float | None = None) -> PrecisionPlan:
+    """The plan closest to the search (max sum log pi) that meets the budget, and with `min_fill`
+    also uses at least that fraction of it: an argmax far below the budget is topped up where the
+    search was least sure, instead of leaving size unused."""
     costs = {n: [-math.log(max(p, 1e-12)) for p in probs[n]] for n in plan.groups}
-    repaired = plan.with_bits(solve_knapsack(plan, candidates, costs))
+    repaired = plan.with_bits(solve_knapsack(plan, candidates, costs, min_fill))
     assert repaired.meets_budget(), "knapsack solution exceeds the budget"
     return repaired

@@ -159,16 +159,18 @@ def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     return iter(dict((id(p), p) for p in model.parameters()).values())
 
 
-def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = None) -> PrecisionPlan:
+def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = None,
+                min_fill: float | None = 0.99) -> PrecisionPlan:
     """The plan of a supernet: argmax of theta per group, then (with a budget) the exact repair
-    by multiple-choice knapsack with cost -log pi, so the plan meets the budget."""
+    by multiple-choice knapsack with cost -log pi, so the plan meets the budget and uses at least
+    `min_fill` of it (None: an argmax below the budget is kept as it is)."""
     groups = search_groups(model)
     plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),
                          {g.name: g.plan for g in groups}, fixed_numel(model), budget)
     if budget is None:
         return plan
     return repair_plan(plan, {g.name: g.choice.candidates for g in groups},
-                       {g.name: g.choice.probs().tolist() for g in groups})
+                       {g.name: g.choice.probs().tolist() for g in groups}, min_fill)
 
 
 def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> None:

@@ -66,3 +66,22 @@ def test_pruning_never_removes_a_whole_layer():
     plan = PrecisionPlan("test", [0, 1, 2], groups, 0, Budget("avg_bits", 0.5))
     chosen = solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)
     assert sorted(chosen.values()) == [0, 1]
+
+
+def test_min_fill_tops_up_a_plan_below_the_budget():
+    plan = make_plan([100, 100, 100, 100], Budget("avg_bits", 4.0), bits=1)
+    probs = {n: [0.6, 0.1, 0.1, 0.1, 0.1] for n in plan.groups}  # argmax 1 bit: avg 1 of 4 allowed
+    cands = {n: CANDS for n in plan.groups}
+    assert set(repair_plan(plan, cands, probs).bits.values()) == {1}
+    filled = repair_plan(plan, cands, probs, min_fill=0.99)
+    assert filled.meets_budget() and filled.size().avg_bits == 4.0
+
+
+def test_min_fill_gives_way_when_no_plan_reaches_it():
+    plan = make_plan([100, 100], Budget("avg_bits", 40.0), bits=1)  # even all 32 bits is below it
+    probs = {n: [0.6, 0.1, 0.1, 0.1, 0.1] for n in plan.groups}
+    filled = repair_plan(plan, {n: CANDS for n in plan.groups}, probs, min_fill=0.99)
+    assert filled.size().avg_bits == 32.0
+    plan = make_plan([100, 300], Budget("avg_bits", 1.5), bits=1)  # 1.5 is not reachable: 1.25 or 1.75
+    filled = repair_plan(plan, {n: CANDS for n in plan.groups}, {n: probs["g0"] for n in plan.groups}, min_fill=0.99)
+    assert filled.meets_budget() and filled.bits == {"g0": 1, "g1": 1}

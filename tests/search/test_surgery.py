@@ -103,5 +103,5 @@ def test_derive_plan_with_budget_meets_it():
             g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))  # argmax 32 bits
     plan = derive_plan(net, space, Budget("avg_bits", 3.0))
     assert plan.meets_budget()
-    assert plan.size().avg_bits <= 3.0
+    assert 0.99 * 3.0 <= plan.size().avg_bits <= 3.0  # uses the budget it has
     assert set(plan.bits.values()) <= {1, 2, 4, 8, 32}

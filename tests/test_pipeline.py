@@ -1,0 +1,94 @@
+"""finalize, evaluate and `nas-mpq run` end to end on the small corpus (tiny limits)."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from nas_mpq.cli import main
+from nas_mpq.plan import PrecisionPlan
+from nas_mpq.quant.packing import unpack_codes
+
+
+def check_on_tables(path):
+    """Every quantized weight of the exported file is scale x an integer code within its bits."""
+    from nas_mpq.export import group_shape, load_quantized, read_header
+    plan = read_header(path)["plan"]
+    net = load_quantized(path)
+    with safe_open(str(path), framework="pt") as f:
+        for name, g in plan.groups.items():
+            if g.bits in (0, 16, 32):
+                continue
+            shape = group_shape(net, g)
+            codes = unpack_codes(f.get_tensor(f"{name}.codes"), g.bits, math.prod(shape)).reshape(shape)
+            scale = f.get_tensor(f"{name}.scale")
+            limit = 1 if g.bits <= 2 else 2 ** (g.bits - 1) - 1
+            assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all())
+            w = net.get_parameter(g.param)
+            w = w if g.rows is None else w[g.rows[0]:g.rows[1]]
+            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, 1))), name
+    return plan
+
+
+def test_run_pipeline_report_export_and_evaluate(config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run_dir", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert set(report) >= {"fp32", "mixed", "uniform", "budget", "timings_s"}
+    assert report["mixed"]["avg_bits"] <= 2.0 and report["uniform"]["bits"] == 2
+    assert report["fp32"]["size_bits"] / report["mixed"]["size_bits"] == pytest.approx(report["mixed"]["compression"])
+    md = (run / "report.md").read_text()
+    assert "| FP32 |" in md and "search/plan.png" in md and (run / "ppl.png").is_file()
+    for stage in ("pretrain", "search", "finalize", "uniform"):
+        assert report["timings_s"][stage] > 0
+    model = run / "finalize" / "model.safetensors"
+    plan = check_on_tables(model)
+    assert plan.bits == PrecisionPlan.load(run / "search" / "plan.json").bits
+    metrics = json.loads((run / "finalize" / "metrics.json").read_text())
+    assert abs(metrics["data_bytes"] - plan.size().size_bits / 8) <= 0.02 * plan.size().size_bits / 8
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_ppl"] == pytest.approx(metrics["test_ppl"], abs=1e-4)
+    assert result["size_bits"] == plan.size().size_bits
+    with pytest.raises(SystemExit, match="finished run.*refusing to overwrite"):
+        main(["run", "--config", str(config), "--run_dir", str(run)])
+
+
+def test_ste_finalize_and_stage_overrides(config, tmp_path):
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--run_dir", str(run), "--finalize.model.method", "ste",
+                 "--search.trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"]) == 0
+    metrics = json.loads((run / "finalize" / "metrics.json").read_text())
+    assert metrics["method"] == "ste" and len(metrics["val_ppl_history"]) == 2
+    assert len(json.loads((run / "search" / "metrics.json").read_text())["val_ppl_history"]) == 1
+    check_on_tables(run / "finalize" / "model.safetensors")
+
+
+def test_interrupted_admm_finalize_resumes_exactly(config, tmp_path):
+    from nas_mpq.search import uniform_plan
+    from conftest import tiny_lm
+    from search_spaces.lstm_lm import lstm_lm_space
+    plan = tmp_path / "plan.json"
+    uniform_plan(tiny_lm(vocab=200, dim=16), lstm_lm_space(), 2).save(plan)
+    common = ["finalize", "--config", str(config), "--plan", str(plan)]
+    assert main([*common, "--run_dir", str(tmp_path / "straight")]) == 0
+    assert main([*common, "--run_dir", str(tmp_path / "first"), "--trainer.max_epochs", "1"]) == 0
+    assert main([*common, "--run_dir", str(tmp_path / "resumed"),
+                 "--resume", str(tmp_path / "first" / "checkpoints" / "last.ckpt")]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("admm.") and k.endswith("_U") for k in a) and "admm.rho" in a
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert float(a["admm.rho"]) == pytest.approx(0.01 * 1.5 ** 5)  # 10 steps, one ADMM iteration every 2
+
+
+def test_finalize_bad_input(config, tmp_path):
+    with pytest.raises(ValueError, match="unknown finalize method 'sgd'"):
+        main(["finalize", "--config", str(config), "--run_dir", str(tmp_path / "r"), "--plan",
+              str(tmp_path / "p.json"), "--model.method", "sgd"])
+    with pytest.raises(FileNotFoundError, match="p.json does not exist"):
+        main(["finalize", "--config", str(config), "--run_dir", str(tmp_path / "r"), "--plan", str(tmp_path / "p.json")])
