@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 from jsonargparse import ArgumentParser
@@ -27,7 +27,8 @@ from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights
 from .plots import plot_plan
 
 STAGES = ("pretrain", "search", "finalize")
-RESULT_FILES = {"pretrain": "model.ckpt", "search": "plan.json", "finalize": "model.safetensors"}
+RESULT_FILES = {"pretrain": "model.ckpt", "search": "plan.json", "finalize": "model.safetensors",
+                "sensitivity": "plan.json"}
 PIPELINE_SHARED = ("data", "seed_everything")
 
 
@@ -83,6 +84,13 @@ class StageCLI(LightningCLI):
         if self.stage == "finalize":
             parser.add_argument("--plan", type=str, required=True, help="the plan.json to finalize")
             parser.link_arguments("plan", "model.plan")
+        if self.stage == "sensitivity":
+            parser.add_argument("--ckpt", type=str, required=True, help="the trained FP32 checkpoint")
+            parser.add_argument("--method", type=Literal["hessian", "kl", "uniform", "random"], default="hessian")
+            parser.add_argument("--bits", type=int | None, default=None, help="uniform: the bit-width")
+            parser.add_argument("--num_batches", type=int, default=4, help="batches to average over")
+            parser.add_argument("--max_samples", type=int, default=100, help="hessian: Hutchinson samples per batch")
+            parser.add_argument("--tol", type=float, default=1e-3, help="hessian: relative tolerance")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -241,6 +249,11 @@ def run_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def run_sensitivity(argv: list[str]) -> int:
+    from .sensitivity_stage import run
+    return run(argv)
+
+
 def run_pipeline(argv: list[str]) -> int:
     from .pipeline import run
     return run(argv)
@@ -248,7 +261,7 @@ def run_pipeline(argv: list[str]) -> int:
 
 RUNNERS: dict[str, Callable[[list[str]], int]] = {
     "pretrain": run_pretrain, "search": run_search, "finalize": run_finalize, "evaluate": run_evaluate,
-    "run": run_pipeline,
+    "sensitivity": run_sensitivity, "run": run_pipeline,
 }
 
 

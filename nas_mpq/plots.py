@@ -49,3 +49,23 @@ def plot_stage_ppl(ppl: dict[str, float], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sensitivity(omega: dict[str, dict[int, float]], path: str | Path, method: str) -> Path:
+    """Per-group sensitivity at each quantized candidate (log scale)."""
+    names = list(omega)
+    bits = sorted({b for per in omega.values() for b in per if b not in (16, 32)})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4.5))
+    width = 0.8 / max(len(bits), 1)
+    for j, b in enumerate(bits):
+        ax.bar([i + j * width for i in range(len(names))], [max(omega[n].get(b, 0.0), 1e-12) for n in names],
+               width=width, label=f"{b} bit")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=70, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("Omega (HAWQ-V2)" if method == "hessian" else "KL (nats/token)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

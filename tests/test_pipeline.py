@@ -92,3 +92,39 @@ def test_finalize_bad_input(config, tmp_path):
               str(tmp_path / "p.json"), "--model.method", "sgd"])
     with pytest.raises(FileNotFoundError, match="p.json does not exist"):
         main(["finalize", "--config", str(config), "--run_dir", str(tmp_path / "r"), "--plan", str(tmp_path / "p.json")])
+
+
+@pytest.mark.parametrize("method", ["hessian", "kl", "uniform", "random"])
+def test_sensitivity_stage(config, tmp_path, method):
+    fp32 = tmp_path / "fp32"
+    assert main(["pretrain", "--config", str(config), "--run_dir", str(fp32), "--trainer.max_epochs", "1"]) == 0
+    run = tmp_path / method
+    assert main(["sensitivity", "--config", str(config), "--ckpt", str(fp32 / "model.ckpt"), "--method", method,
+                 "--run_dir", str(run), "--num_batches", "2", "--max_samples", "20"]) == 0
+    plan = PrecisionPlan.load(run / "plan.json")
+    assert plan.meets_budget() and plan.extra["allocator"] == method
+    if method in ("hessian", "kl"):
+        report = json.loads((run / "sensitivity.json").read_text())
+        assert report["method"] == method and set(report["groups"]) == set(plan.groups)
+        assert (run / "sensitivity.png").is_file()
+        assert all(g["omega"]["32"] == 0.0 for g in report["groups"].values())
+        if method == "hessian":
+            assert all("trace" in g for g in report["groups"].values())
+        # the supernet can start from it, and the plan loads into the QAT model
+        search = tmp_path / f"search-{method}"
+        assert main(["search", "--config", str(config), "--run_dir", str(search), "--trainer.max_epochs", "1",
+                     "--model.init_sensitivity", str(run / "sensitivity.json")]) == 0
+        assert main(["pretrain", "--config", str(config), "--run_dir", str(tmp_path / "qat"),
+                     "--trainer.max_epochs", "1", "--model.plan", str(run / "plan.json")]) == 0
+
+
+def test_sensitivity_bad_input(config, tmp_path):
+    fp32 = tmp_path / "fp32"
+    main(["pretrain", "--config", str(config), "--run_dir", str(fp32), "--trainer.max_epochs", "1"])
+    with pytest.raises(SystemExit):  # not a method: the parser lists the valid ones
+        main(["sensitivity", "--config", str(config), "--ckpt", str(fp32 / "model.ckpt"), "--method", "fisher",
+              "--run_dir", str(tmp_path / "s")])
+    with pytest.raises(ValueError, match="does not match the model"):
+        main(["sensitivity", "--config", str(config), "--ckpt", str(fp32 / "model.ckpt"),
+              "--run_dir", str(tmp_path / "s"), "--model.net.init_args.hidden_dim", "32"])
+    assert not (tmp_path / "s" / "plan.json").exists()

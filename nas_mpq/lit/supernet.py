@@ -47,7 +47,8 @@ class SupernetModule(LMModule):
                  lam: float = 5.0, penalty: str = "one_sided", warmup_fraction: float = 0.15,
                  ramp_fraction: float = 0.25, tau_start: float = 5.0, tau_end: float = 0.5,
                  hard_below: float | None = None, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
-                 single_level: bool = False, min_fill: float | None = 0.99, seed: int = 0) -> None:
+                 single_level: bool = False, min_fill: float | None = 0.99,
+                 init_sensitivity: str | None = None, init_temperature: float = 1.0, seed: int = 0) -> None:
         super().__init__(net, seed)
         space = space if isinstance(space, SpaceConfig) else SpaceConfig(**space)
         budget = budget if isinstance(budget, Budget) else Budget(**budget)
@@ -72,6 +73,8 @@ class SupernetModule(LMModule):
         self.sampler.generator.manual_seed(seed)
         self.regularizer = BudgetRegularizer(self.net, budget, penalty)
         self.check_budget()
+        if init_sensitivity is not None:
+            self.init_choices_from(init_sensitivity, init_temperature)
         self.val_history: list[float] = []
         self._search_iter: Iterator | None = None
 
@@ -81,6 +84,24 @@ class SupernetModule(LMModule):
         plan = derive_plan(self.net, self.space)
         self.budget.check_feasible(plan.groups, plan.fixed_numel,
                                    {g.name: g.choice.candidates for g in search_groups(self.net)})
+
+    @torch.no_grad()
+    def init_choices_from(self, sensitivity_json: str, temperature: float = 1.0) -> None:
+        """theta_gk = -Omega_g(b_k) / (T * mean Omega): the search starts from the sensitivity
+        ranking (ALGORITHMS.md section 5) instead of uniform choices."""
+        from nas_mpq.sensitivity_stage import load_sensitivity
+        if temperature <= 0:
+            raise ValueError(f"init_temperature must be positive, got {temperature}")
+        omega = load_sensitivity(sensitivity_json)
+        groups = [g for g in search_groups(self.net) if g.choice.theta is not None]
+        missing = sorted(g.name for g in groups if g.name not in omega
+                         or any(b not in omega[g.name] for b in g.choice.candidates))
+        if missing:
+            raise ValueError(f"{sensitivity_json} has no sensitivity for groups (or bit-widths of) {missing}")
+        values = [omega[g.name][b] for g in groups for b in g.choice.candidates]
+        scale = temperature * max(sum(values) / len(values), 1e-30)
+        for g in groups:
+            g.choice.theta.copy_(torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates]))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [g.choice.theta for g in search_groups(self.net) if g.choice.theta is not None]
