@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/hessian.py
 	$(BIN)/python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
 
 clean:
