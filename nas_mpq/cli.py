@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -267,6 +268,8 @@ RUNNERS: dict[str, Callable[[list[str]], int]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # each stage hands its own arguments to LightningCLI; its warning about sys.argv is moot here
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in RUNNERS:
         print(f"usage: nas-mpq {{{','.join(RUNNERS)}}} --config CONFIG.yaml --run_dir DIR [overrides]\n"
               "       nas-mpq evaluate --model DIR/model.safetensors [--data.*]\n"
