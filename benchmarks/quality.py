@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,6 @@ KEYS = ("test_ppl", "val_ppl", "epochs_to_best_val", "avg_bits", "compression", 
 
 def stage(args: list[str], run_dir: Path, result: str, timings: dict[str, float]) -> dict:
     """`nas-mpq args --run_dir run_dir` unless run_dir/result exists; its metrics.json."""
-    import subprocess
     if not (run_dir / result).exists():
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir)], check=True)

@@ -85,6 +85,7 @@ class LMModule(pl.LightningModule):
         self.seed = seed
         self._hidden: dict[str, Any] = {}
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_history: list[float] = []  # val/ppl per epoch, kept in checkpoints
 
     def lm_loss(self, batch: tuple, stream: str) -> torch.Tensor:
         x, y, first = batch
@@ -106,7 +107,15 @@ class LMModule(pl.LightningModule):
         self.test_loss.update(self.lm_loss(batch, "test"), batch[1].numel())
 
     def on_validation_epoch_end(self) -> None:
-        self._log_ppl("val", self.val_loss)
+        loss = self._log_ppl("val", self.val_loss)
+        if not self.trainer.sanity_checking:
+            self.val_history.append(math.exp(min(loss, 50.0)))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("nas_mpq", {})["val_history"] = self.val_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("nas_mpq", {}).get("val_history", []))
 
     def on_test_epoch_end(self) -> None:
         self._log_ppl("test", self.test_loss)

@@ -56,7 +56,6 @@ class FinalizeModule(LMModule):
         self.hparams.update(space=asdict(space))
         self.space_config, self.space = space, space.build()
         self.method, self.optimizer_factory = method, optimizer
-        self.val_history: list[float] = []
         check_plan_matches(net, self.plan, self.space)
         self._stash: dict[str, torch.Tensor] = {}
         self.admm: ADMMState | None = None
@@ -118,9 +117,7 @@ class FinalizeModule(LMModule):
 
     def on_validation_epoch_end(self) -> None:
         self._restore_weights()
-        loss = self._log_ppl("val", self.val_loss)
-        if not self.trainer.sanity_checking:
-            self.val_history.append(float(torch.tensor(loss).exp()))
+        super().on_validation_epoch_end()
         if self.admm is not None:
             self.log("admm/residual", self.admm.residual())
 
@@ -130,12 +127,6 @@ class FinalizeModule(LMModule):
     def on_test_epoch_end(self) -> None:
         self._restore_weights()
         super().on_test_epoch_end()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nas_mpq"] = {"val_history": self.val_history}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.val_history = list(checkpoint.get("nas_mpq", {}).get("val_history", []))
 
     # ---- results --------------------------------------------------------------------------------
     @torch.no_grad()

@@ -75,7 +75,6 @@ class SupernetModule(LMModule):
         self.check_budget()
         if init_sensitivity is not None:
             self.init_choices_from(init_sensitivity, init_temperature)
-        self.val_history: list[float] = []
         self._search_iter: Iterator | None = None
 
     # ---- set-up ---------------------------------------------------------------------------------
@@ -166,23 +165,19 @@ class SupernetModule(LMModule):
                            "arch/lambda": lam}, prog_bar=False)
         return loss
 
-    def on_validation_epoch_end(self) -> None:
-        loss = self._log_ppl("val", self.val_loss)
-        if not self.trainer.sanity_checking:
-            self.val_history.append(float(torch.tensor(loss).exp()))
-
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:
         """The argmax plan, repaired to meet the budget exactly."""
         return derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nas_mpq"] = {"sampler": self.sampler.state_dict(), "val_history": self.val_history}
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["nas_mpq"]["sampler"] = self.sampler.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nas_mpq")
-        if state is None:
+        if state is None or "sampler" not in state:
             raise ValueError("checkpoint has no search state (choices' sampler); it was not written "
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
-        self.val_history = list(state["val_history"])
+        super().on_load_checkpoint(checkpoint)
