@@ -24,13 +24,14 @@ from pytorch_lightning.loggers import CSVLogger
 
 from .data import LMDataModule
 from .export import data_bytes, load_quantized, read_header, save_quantized
-from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights
+from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights, stream_perplexity
 from .plots import plot_plan
+from .tracking import WandbConfig, log_stage_results
 
 STAGES = ("pretrain", "search", "finalize")
 RESULT_FILES = {"pretrain": "model.ckpt", "search": "plan.json", "finalize": "model.safetensors",
                 "sensitivity": "plan.json"}
-PIPELINE_SHARED = ("data", "seed_everything")
+PIPELINE_SHARED = ("data", "seed_everything", "wandb")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -65,10 +66,11 @@ def stage_args(stage: str, argv: list[str]) -> list[str]:
 
 
 class StageCLI(LightningCLI):
-    """LightningCLI for one stage, with --run_dir, --init_ckpt, --resume and --overwrite."""
+    """LightningCLI for one stage, with --run_dir, --init_ckpt, --resume, --overwrite and
+    --wandb.*; `callbacks` are added to the trainer's (a sweep's pruning callback)."""
 
-    def __init__(self, stage: str, model_class: type, args: list[str]) -> None:
-        self.stage = stage
+    def __init__(self, stage: str, model_class: type, args: list[str], callbacks: list[Any] = ()) -> None:
+        self.stage, self.extra_callbacks = stage, list(callbacks)
         super().__init__(model_class, LMDataModule, run=False, args=args,
                          save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                          parser_kwargs={"prog": f"nas-mpq {stage}"})
@@ -81,7 +83,12 @@ class StageCLI(LightningCLI):
                             help="resume from a checkpoint of this run ('last' for the newest)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="replace the results of a previous run in --run_dir")
+        parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
+                            help="log to wandb (offline unless wandb.mode or WANDB_MODE says otherwise)")
         parser.link_arguments("data.vocab_size", "model.net.init_args.vocab_size", apply_on="instantiate")
+        # LMDataModule gives each process its own contiguous streams (hidden state carried across
+        # batches), so Lightning must not interleave batches across processes
+        parser.set_defaults({"trainer.use_distributed_sampler": False})
         if self.stage == "finalize":
             parser.add_argument("--plan", type=str, required=True, help="the plan.json to finalize")
             parser.link_arguments("plan", "model.plan")
@@ -115,11 +122,24 @@ class StageCLI(LightningCLI):
                                      auto_insert_metric_name=False,
                                      monitor=None if every_epoch else "val/ppl", mode="min",
                                      save_top_k=-1 if every_epoch else 1)
-        kwargs.setdefault("callbacks", []).append(checkpoint)
+        kwargs.setdefault("callbacks", []).extend([checkpoint, *self.extra_callbacks])
         trainer = super().instantiate_trainer(**kwargs)
         if not self.config.trainer.logger or self.config.trainer.logger is True:
-            trainer.loggers = [CSVLogger(self.run_dir, name="logs")]
+            wandb = self.wandb_config().logger(self.run_dir, self.stage)
+            trainer.loggers = [CSVLogger(self.run_dir, name="logs"), *([wandb] if wandb else [])]
         return trainer
+
+    def wandb_config(self) -> WandbConfig:
+        cfg = self.config.wandb
+        return cfg if isinstance(cfg, WandbConfig) else WandbConfig(**cfg.as_dict())
+
+    def finish(self, metrics: dict[str, Any], plan: Any = None) -> None:
+        """Write metrics.json, log the results to wandb and print them (rank 0 only)."""
+        if not self.trainer.is_global_zero:
+            return
+        _write_json(self.run_dir / "metrics.json", metrics)
+        log_stage_results(self.trainer.loggers, metrics, plan)
+        print(json.dumps(metrics, indent=1))
 
 
 def _resume_path(cli: StageCLI) -> str | None:
@@ -136,8 +156,8 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def run_pretrain(argv: list[str]) -> int:
-    cli = StageCLI("pretrain", LMTrainModule, stage_args("pretrain", argv))
+def run_pretrain(argv: list[str], callbacks: list[Any] = ()) -> int:
+    cli = StageCLI("pretrain", LMTrainModule, stage_args("pretrain", argv), callbacks)
     if cli.config.init_ckpt:
         load_net_weights(cli.model.net, cli.config.init_ckpt)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=_resume_path(cli))
@@ -145,8 +165,9 @@ def run_pretrain(argv: list[str]) -> int:
     test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
     val = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
     model_ckpt = cli.run_dir / "model.ckpt"
-    model_ckpt.unlink(missing_ok=True)
-    model_ckpt.write_bytes(Path(best).read_bytes())
+    if cli.trainer.is_global_zero:
+        model_ckpt.unlink(missing_ok=True)
+        model_ckpt.write_bytes(Path(best).read_bytes())
     metrics = {"stage": "pretrain", "val_ppl": val["val/ppl"], "test_ppl": test["test/ppl"],
                "epochs": cli.trainer.current_epoch, "checkpoint": str(model_ckpt)}
     if cli.model.plan is not None:
@@ -154,18 +175,24 @@ def run_pretrain(argv: list[str]) -> int:
         metrics.update(plan=cli.config.model.plan, uniform_bits=cli.config.model.uniform_bits,
                        size_bits=r.size_bits, compression=r.compression,
                        avg_bits=r.avg_bits)
-    _write_json(cli.run_dir / "metrics.json", metrics)
-    print(json.dumps(metrics, indent=1))
+    cli.finish(metrics, cli.model.plan)
     return 0
 
 
-def run_search(argv: list[str]) -> int:
-    cli = StageCLI("search", SupernetModule, stage_args("search", argv))
+def run_search(argv: list[str], callbacks: list[Any] = ()) -> int:
+    cli = StageCLI("search", SupernetModule, stage_args("search", argv), callbacks)
     module: SupernetModule = cli.model
     if cli.config.init_ckpt:
         load_net_weights(module.net, cli.config.init_ckpt)
     cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=_resume_path(cli))
     plan = module.derive_plan()
+    rank0_bits = cli.trainer.strategy.broadcast(plan.bits)
+    if rank0_bits != plan.bits:  # identical choices on every rank are what data parallelism relies on
+        differ = sorted(n for n in plan.bits if plan.bits[n] != rank0_bits.get(n))
+        raise RuntimeError(f"rank {cli.trainer.global_rank} derived a plan that differs from rank 0's "
+                           f"in groups {differ}")
+    if not cli.trainer.is_global_zero:
+        return 0
     plan.save(cli.run_dir / "plan.json", overwrite=cli.config.overwrite)
     plot_plan(plan, cli.run_dir / "plan.png")
     r = plan.size()
@@ -176,9 +203,8 @@ def run_search(argv: list[str]) -> int:
                "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
                "compression": r.compression, "avg_bits": r.avg_bits,
                "bits_used": sorted(set(plan.bits.values()))}
-    _write_json(cli.run_dir / "metrics.json", metrics)
     print(plan.summary_table())
-    print(json.dumps(metrics, indent=1))
+    cli.finish(metrics, plan)
     return 0
 
 
@@ -190,14 +216,12 @@ def _model_args(cli: StageCLI) -> dict[str, Any]:
 
 
 def _test_ppl(net: Any, datamodule: LMDataModule) -> float:
-    """Test perplexity of a plain network, exactly as `nas-mpq evaluate` computes it."""
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False)
-    return trainer.test(LMTrainModule(net), datamodule=datamodule, verbose=False)[0]["test/ppl"]
+    """Test perplexity of a plain network in one process, exactly as `nas-mpq evaluate` computes it."""
+    return stream_perplexity(net, datamodule.evaluation_batches("test"))
 
 
-def run_finalize(argv: list[str]) -> int:
-    cli = StageCLI("finalize", FinalizeModule, stage_args("finalize", argv))
+def run_finalize(argv: list[str], callbacks: list[Any] = ()) -> int:
+    cli = StageCLI("finalize", FinalizeModule, stage_args("finalize", argv), callbacks)
     module: FinalizeModule = cli.model
     if cli.config.init_ckpt:
         load_net_weights(module.net, cli.config.init_ckpt)
@@ -206,6 +230,8 @@ def run_finalize(argv: list[str]) -> int:
     best = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
     history = list(module.val_history)
     cli.trainer.validate(module, datamodule=cli.datamodule, ckpt_path=best, verbose=False)  # loads the best
+    if not cli.trainer.is_global_zero:
+        return 0
     net = module.quantized_net()
     test_ppl = _test_ppl(net, cli.datamodule)
     space_args = {k: v for k, v in asdict(module.space_config).items() if k != "name" and v is not None}
@@ -220,8 +246,7 @@ def run_finalize(argv: list[str]) -> int:
                "epochs_to_best_val": best_epoch, "size_bits": r.size_bits,
                "fp32_size_bits": r.fp32_size_bits, "compression": r.compression, "avg_bits": r.avg_bits,
                "file_bytes": path.stat().st_size, "data_bytes": data_bytes(path), "model": str(path)}
-    _write_json(cli.run_dir / "metrics.json", metrics)
-    print(json.dumps(metrics, indent=1))
+    cli.finish(metrics, module.plan)
     return 0
 
 
@@ -260,9 +285,14 @@ def run_pipeline(argv: list[str]) -> int:
     return run(argv)
 
 
+def run_sweep(argv: list[str]) -> int:
+    from .sweep import run
+    return run(argv)
+
+
 RUNNERS: dict[str, Callable[[list[str]], int]] = {
     "pretrain": run_pretrain, "search": run_search, "finalize": run_finalize, "evaluate": run_evaluate,
-    "sensitivity": run_sensitivity, "run": run_pipeline,
+    "sensitivity": run_sensitivity, "run": run_pipeline, "sweep": run_sweep,
 }
 
 
@@ -273,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in RUNNERS:
         print(f"usage: nas-mpq {{{','.join(RUNNERS)}}} --config CONFIG.yaml --run_dir DIR [overrides]\n"
               "       nas-mpq evaluate --model DIR/model.safetensors [--data.*]\n"
+              "       nas-mpq sweep --config sweeps/SPEC.yaml [--run_dir DIR] [--n_trials N] [--workers N]\n"
               "  each command takes --help; stages take --print_config", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return RUNNERS[argv[0]](argv[1:])

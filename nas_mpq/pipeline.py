@@ -7,18 +7,24 @@ The config is a pipeline config with `pretrain:`, `search:` and `finalize:` sect
 arguments go to every stage (`--trainer.max_epochs 1`, `--data.batch_size 16`) or, prefixed with a
 section name, to one (`--search.model.lam 2`). A stage whose result exists in the run directory is
 reused (an interrupted run continues); a finished run (report.json) is never overwritten unless
---overwrite true is given.
+--overwrite true is given. `--init_ckpt FP32.ckpt` starts from a trained model instead of
+pretraining, `--finalize false` stops after the search, `--uniform false` skips the reference; a
+sweep trial is such a run. `--run_dir runs/sweep/{WANDB_RUN_ID}` names environment variables.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from .plan import PrecisionPlan
 from .plots import plot_stage_ppl
+from .tracking import WandbConfig
 
 PIPELINE_STAGES = ("pretrain", "search", "finalize")
 
@@ -52,50 +58,84 @@ def uniform_bits_for(plan: PrecisionPlan) -> int | None:
     return None
 
 
-def run(argv: list[str]) -> int:
+def resolve_run_dir(template: str) -> Path:
+    """`--run_dir` may name environment variables as {NAME} (a wandb agent's {WANDB_RUN_ID})."""
+    try:
+        return Path(template.format_map(os.environ))
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"error: --run_dir {template!r} names {e} which is not an environment "
+                         "variable (write {NAME} for $NAME, {{ and }} for braces)") from None
+
+
+def run_pipeline(config: str, run_dir: str | Path, overrides: list[str] = (), overwrite: bool = False,
+                 init_ckpt: str | None = None, finalize: bool = True, uniform: bool = True,
+                 callbacks: list[Any] = ()) -> dict[str, Any]:
+    """pretrain (unless `init_ckpt` gives the FP32 model) -> search -> finalize (unless `finalize`
+    is False) -> the uniform reference (unless `uniform` is False) -> report.json/report.md.
+    `callbacks` join every stage's trainer (a sweep's pruning callback). Returns the report."""
     from .cli import run_finalize, run_pretrain, run_search
 
-    ap = argparse.ArgumentParser(prog="nas-mpq run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="pipeline config with pretrain/search/finalize sections")
-    ap.add_argument("--run_dir", required=True)
-    ap.add_argument("--overwrite", default="false", choices=["true", "false"])
-    args, extra = ap.parse_known_args(argv)
-    overwrite = args.overwrite == "true"
-    root = Path(args.run_dir)
+    root = Path(run_dir)
     if (root / "report.json").exists() and not overwrite:
         raise SystemExit(f"error: {root} holds a finished run (report.json); refusing to overwrite it "
                          "(pass --overwrite true, or choose another --run_dir)")
-    routed = route_overrides(extra)
+    if init_ckpt is not None and not Path(init_ckpt).is_file():
+        raise SystemExit(f"error: --init_ckpt {init_ckpt} does not exist")
+    routed = route_overrides(list(overrides))
     timings: dict[str, float] = {}
 
-    def stage(name: str, runner: Callable[[list[str]], int], section: str, result: str, *more: str) -> dict:
+    def stage(name: str, runner: Callable[..., int], section: str, result: str, *more: str) -> dict:
         folder = root / name
         if not (folder / result).exists() or overwrite:
             start = time.perf_counter()
-            runner(["--config", args.config, "--run_dir", str(folder), *more, *routed[section],
-                    *(["--overwrite", "true"] if overwrite else [])])
+            runner(["--config", config, "--run_dir", str(folder), *more, *routed[section],
+                    *(["--overwrite", "true"] if overwrite else [])], callbacks)
             timings[name] = round(time.perf_counter() - start, 1)
         else:
             print(f"reusing {folder / result}")
         return json.loads((folder / "metrics.json").read_text())
 
-    fp32 = stage("pretrain", run_pretrain, "pretrain", "model.ckpt")
-    init = ("--init_ckpt", str(root / "pretrain" / "model.ckpt"))
+    if init_ckpt is None:
+        fp32 = stage("pretrain", run_pretrain, "pretrain", "model.ckpt")
+        init_ckpt = str(root / "pretrain" / "model.ckpt")
+    else:
+        fp32_metrics = Path(init_ckpt).parent / "metrics.json"
+        fp32 = json.loads(fp32_metrics.read_text()) if fp32_metrics.is_file() else None
+    init = ("--init_ckpt", init_ckpt)
     search = stage("search", run_search, "search", "plan.json", *init)
-    mixed = stage("finalize", run_finalize, "finalize", "model.safetensors", *init,
-                  "--plan", str(root / "search" / "plan.json"))
     plan = PrecisionPlan.load(root / "search" / "plan.json")
-    bits = uniform_bits_for(plan)
-    uniform = None
+    mixed = search
+    if finalize:
+        mixed = stage("finalize", run_finalize, "finalize", "model.safetensors", *init,
+                      "--plan", str(root / "search" / "plan.json"))
+    bits = uniform_bits_for(plan) if finalize and uniform else None
+    uniform_metrics = None
     if bits is not None:
         uniform_plan = root / "uniform" / "plan.json"
         if not uniform_plan.exists():
             plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan)
-        uniform = stage("uniform", run_finalize, "finalize", "model.safetensors", *init, "--plan", str(uniform_plan))
-        uniform["bits"] = bits
-    report = build_report(fp32, search, mixed, uniform, plan, timings)
+        uniform_metrics = stage("uniform", run_finalize, "finalize", "model.safetensors", *init,
+                                "--plan", str(uniform_plan))
+        uniform_metrics["bits"] = bits
+    report = build_report(fp32, search, mixed, uniform_metrics, plan, timings)
     write_report(root, report)
+    return report
+
+
+def run(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="nas-mpq run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="pipeline config with pretrain/search/finalize sections")
+    ap.add_argument("--run_dir", required=True, help="where the run writes; {NAME} expands $NAME")
+    ap.add_argument("--overwrite", default="false", choices=["true", "false"])
+    ap.add_argument("--init_ckpt", default=None, help="an FP32 checkpoint to start from instead of pretraining")
+    ap.add_argument("--finalize", default="true", choices=["true", "false"], help="finalize the searched plan")
+    ap.add_argument("--uniform", default="true", choices=["true", "false"],
+                    help="also finalize the uniform plan at the same budget, for reference")
+    args, extra = ap.parse_known_args(argv)
+    report = run_pipeline(args.config, resolve_run_dir(args.run_dir), extra, args.overwrite == "true",
+                          args.init_ckpt, args.finalize == "true", args.uniform == "true")
+    log_report(report, args.config, resolve_run_dir(args.run_dir), extra)
     print(json.dumps(report, indent=1))
     return 0
 
@@ -105,17 +145,24 @@ def _quantized(m: dict[str, Any]) -> dict[str, Any]:
                               "epochs_to_best_val", "model") if k in m}
 
 
-def build_report(fp32: dict, search: dict, mixed: dict, uniform: dict | None, plan: PrecisionPlan,
+def build_report(fp32: dict | None, search: dict, mixed: dict, uniform: dict | None, plan: PrecisionPlan,
                  timings: dict[str, float]) -> dict[str, Any]:
+    """`mixed` is the finalize stage's metrics, or the search's when the run does not finalize
+    (then it has a validation perplexity of the supernet's plan and no test perplexity)."""
     r = plan.size()
     return {
-        "fp32": {"test_ppl": fp32["test_ppl"], "val_ppl": fp32["val_ppl"], "size_bits": r.fp32_size_bits},
+        "fp32": {"test_ppl": fp32["test_ppl"] if fp32 else None, "val_ppl": fp32["val_ppl"] if fp32 else None,
+                 "size_bits": r.fp32_size_bits},
         "search": {"val_ppl_history": search["val_ppl_history"], "bits_used": search["bits_used"]},
-        "mixed": _quantized(mixed),
+        "mixed": {"test_ppl": None, **_quantized(mixed), "size_mb": r.size_bits / 8e6},
         "uniform": None if uniform is None else {"bits": uniform["bits"], **_quantized(uniform)},
         "budget": None if plan.budget is None else {"kind": plan.budget.kind, "value": plan.budget.value},
         "timings_s": timings,
     }
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def write_report(root: Path, report: dict[str, Any]) -> None:
@@ -127,14 +174,40 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
         if m:
             name = f"{label} {m['bits']} bit" if key == "uniform" else label
             rows.append((name, m["test_ppl"], m["size_bits"], m["compression"], m["avg_bits"]))
-    plot_stage_ppl({name: ppl for name, ppl, *_ in rows}, root / "ppl.png")
+    tested = {name: ppl for name, ppl, *_ in rows if ppl is not None}
+    if tested:
+        plot_stage_ppl(tested, root / "ppl.png")
     budget = report["budget"]
     lines = ["# nas-mpq run report", "",
              f"Budget: {budget['kind']} = {budget['value']}" if budget else "No budget", "",
              "| model | test ppl | size (MB) | compression | avg bits |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {p:.2f} | {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, s, c, a in rows]
+    lines += [f"| {n} | {_fmt(p)} | {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, s, c, a in rows]
     hist = ", ".join(f"{v:.1f}" for v in report["search"]["val_ppl_history"])
     lines += ["", f"Supernet val perplexity per epoch: {hist}", "",
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",
-              "![bits per group](search/plan.png)", "", "![perplexity per stage](ppl.png)", ""]
+              "![bits per group](search/plan.png)", ""]
+    lines += ["![perplexity per stage](ppl.png)", ""] if tested else []
     (root / "report.md").write_text("\n".join(lines))
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as {"mixed/val_ppl": ...}: what a wandb sweep's metric names."""
+    return {f"{section}/{k}": v for section in ("fp32", "mixed", "uniform") for k, v in (report[section] or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def log_report(report: dict[str, Any], config: str, root: Path, overrides: list[str] = ()) -> None:
+    """Log the report's numbers to a wandb run of its own when the config (or a --wandb.project
+    override) sets a project or a wandb agent started this run (WANDB_SWEEP_ID): the run a wandb
+    sweep reads its metric from."""
+    shared = dict(yaml.safe_load(Path(config).read_text()).get("wandb") or {})
+    flags = route_overrides(list(overrides))["search"]
+    shared.update({k[len("--wandb."):]: v for k, v in zip(flags, flags[1:]) if k.startswith("--wandb.")})
+    if not shared.get("project") and "WANDB_SWEEP_ID" not in os.environ:
+        return
+    import wandb
+    cfg = WandbConfig(**shared)
+    run = wandb.init(project=cfg.project, name=cfg.name or root.name, group=cfg.group, job_type="report",
+                     dir=str(root), mode=cfg.resolved_mode())
+    run.summary.update(flat_metrics(report))
+    run.finish()

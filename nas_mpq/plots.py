@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .plan import PrecisionPlan  # noqa: E402
 
 
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_plan(plan: PrecisionPlan, path: str | Path) -> Path:
     """Bar chart of bits per group, coloured by layer (the group's parameter)."""
     names = list(plan.groups)
@@ -29,11 +37,7 @@ def plot_plan(plan: PrecisionPlan, path: str | Path) -> Path:
     ax.set_title(f"{plan.search_space}: avg {r.avg_bits:.2f} bits, {r.compression:.1f}x vs FP32")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[p]) for p in layers]
     ax.legend(handles, layers, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_stage_ppl(ppl: dict[str, float], path: str | Path) -> Path:
@@ -44,11 +48,7 @@ def plot_stage_ppl(ppl: dict[str, float], path: str | Path) -> Path:
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("test perplexity")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sensitivity(omega: dict[str, dict[int, float]], path: str | Path, method: str) -> Path:
@@ -64,8 +64,17 @@ def plot_sensitivity(omega: dict[str, dict[int, float]], path: str | Path, metho
     ax.set_yscale("log")
     ax.set_ylabel("Omega (HAWQ-V2)" if method == "hessian" else "KL (nats/token)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_pareto(values: list[list[float]], front: list[list[float]], names: list[str],
+                path: str | Path) -> Path:
+    """Trials of a two-objective study (first two objectives), the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    ax.scatter([v[1] for v in values], [v[0] for v in values], s=18, color="#999999", label="trials")
+    front = sorted(front, key=lambda v: v[1])
+    ax.plot([v[1] for v in front], [v[0] for v in front], "o-", color="#2a7ab9", label="Pareto front")
+    ax.set_xlabel(names[1])
+    ax.set_ylabel(names[0])
+    ax.legend(fontsize=8)
+    return _save(fig, path)

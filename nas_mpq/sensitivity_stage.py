@@ -83,8 +83,8 @@ def run(argv: list[str]) -> int:
     plan.save(cli.run_dir / "plan.json", overwrite=cfg.overwrite)
     plot_plan(plan, cli.run_dir / "plan.png")
     r = plan.size()
-    print(json.dumps({"method": cfg.method, "plan": str(cli.run_dir / "plan.json"), "avg_bits": r.avg_bits,
-                      "compression": r.compression, "size_bits": r.size_bits}, indent=1))
+    cli.finish({"stage": "sensitivity", "method": cfg.method, "plan": str(cli.run_dir / "plan.json"),
+                "avg_bits": r.avg_bits, "compression": r.compression, "size_bits": r.size_bits}, plan)
     return 0
 
 

@@ -128,3 +128,19 @@ def test_sensitivity_bad_input(config, tmp_path):
         main(["sensitivity", "--config", str(config), "--ckpt", str(fp32 / "model.ckpt"),
               "--run_dir", str(tmp_path / "s"), "--model.net.init_args.hidden_dim", "32"])
     assert not (tmp_path / "s" / "plan.json").exists()
+
+
+@pytest.mark.slow
+def test_run_from_a_trained_model_search_only_in_an_env_named_dir(config, tmp_path, monkeypatch):
+    assert main(["pretrain", "--config", str(config), "--run_dir", str(tmp_path / "fp32")]) == 0
+    monkeypatch.setenv("TRIAL_ID", "t7")
+    assert main(["run", "--config", str(config), "--run_dir", str(tmp_path / "{TRIAL_ID}"),
+                 "--init_ckpt", str(tmp_path / "fp32" / "model.ckpt"), "--finalize", "false"]) == 0
+    run = tmp_path / "t7"
+    report = json.loads((run / "report.json").read_text())
+    assert not (run / "pretrain").exists() and not (run / "finalize").exists()
+    assert report["mixed"]["test_ppl"] is None and report["uniform"] is None
+    assert report["mixed"]["val_ppl"] > 1 and report["mixed"]["avg_bits"] <= 2.0
+    assert report["fp32"]["test_ppl"] == json.loads((tmp_path / "fp32" / "metrics.json").read_text())["test_ppl"]
+    with pytest.raises(SystemExit, match="NO_SUCH_VAR"):
+        main(["run", "--config", str(config), "--run_dir", str(tmp_path / "{NO_SUCH_VAR}")])

@@ -4,6 +4,8 @@ The training text is split in two, in order: the first (1 - search_fraction) tra
 the tail is the held-out search split the choices are trained on (`search_dataloader`). valid and
 test are only for reporting. Batches are (input, target, first) with input/target (B, bptt) and
 `first` True on the first batch of a pass, where the model resets its carried hidden state.
+Under data parallelism each process reads its own streams (Trainer(use_distributed_sampler=False);
+the nas-mpq CLI sets it).
 
 Example:
     >>> dm = LMDataModule("tinyshakespeare", max_vocab=10000, batch_size=32, bptt=35)
@@ -28,13 +30,19 @@ LEVELS = ("word", "char")
 
 
 class BPTTBatches(Dataset):
-    """A token stream cut into `batch_size` parallel streams and windows of `bptt` tokens."""
+    """A token stream cut into `batch_size` parallel streams and windows of `bptt` tokens. Under
+    data parallelism the stream is cut into `world_size * batch_size` streams and each rank reads
+    its own `batch_size` of them, so every rank still carries its hidden state along contiguous
+    text and all ranks have the same number of batches."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int) -> None:
-        n = ids.numel() // batch_size
+    def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int, rank: int = 0,
+                 world_size: int = 1) -> None:
+        streams = batch_size * world_size
+        n = ids.numel() // streams
         if n < 2:
-            raise ValueError(f"{ids.numel()} tokens are too few for batch_size={batch_size}")
-        self.data = ids[: n * batch_size].view(batch_size, n)
+            raise ValueError(f"{ids.numel()} tokens are too few for batch_size={batch_size}"
+                             + (f" on each of {world_size} processes" if world_size > 1 else ""))
+        self.data = ids[: n * streams].view(streams, n)[rank * batch_size:(rank + 1) * batch_size]
         self.bptt = bptt
 
     def __len__(self) -> int:
@@ -110,19 +118,34 @@ class LMDataModule(pl.LightningDataModule):
         """Token ids of "train", "search", "valid" or "test"."""
         return self._encoded[1][split]
 
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        return DataLoader(BPTTBatches(self.split_tokens(split), batch_size, self.bptt),
+    def _loader(self, split: str, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        return DataLoader(BPTTBatches(self.split_tokens(split), batch_size, self.bptt, rank, world_size),
                           batch_size=None, shuffle=False)
 
+    def _sharded(self, split: str, batch_size: int) -> DataLoader:
+        """This process's streams of the split under the attached trainer (all of it alone)."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._loader(split, batch_size)
+        if getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError("LMDataModule shards its BPTT streams across processes itself; create the "
+                             "Trainer with use_distributed_sampler=False (the nas-mpq CLI does)")
+        return self._loader(split, batch_size, trainer.global_rank, trainer.world_size)
+
+    def evaluation_batches(self, split: str = "test") -> DataLoader:
+        """The whole split at eval_batch_size in one process, whatever the trainer's world size:
+        what a reported test perplexity is computed on."""
+        return self._loader(split, self.eval_batch_size)
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
+        return self._sharded("train", self.batch_size)
 
     def search_dataloader(self) -> DataLoader:
         """Batches of the held-out search split, for the architecture step."""
-        return self._loader("search", self.batch_size)
+        return self._sharded("search", self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", self.eval_batch_size)
+        return self._sharded("valid", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._sharded("test", self.eval_batch_size)

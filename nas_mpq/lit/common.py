@@ -74,6 +74,22 @@ def weight_param_groups(net: nn.Module, exclude: Iterable[nn.Parameter] = ()) ->
     return groups
 
 
+@torch.no_grad()
+def stream_perplexity(net: nn.Module, batches: Iterable[tuple]) -> float:
+    """Perplexity of `net` over (input, target, first) batches in order, carrying the hidden state
+    as LMModule does, in a plain loop: no Trainer, no distributed metric sync, so one process can
+    evaluate while others have finished."""
+    was_training = net.training
+    net.eval()
+    total, count, hidden = 0.0, 0, None
+    for x, y, first in batches:
+        logits, hidden = net(x, None if first else hidden)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+        count += y.numel()
+    net.train(was_training)
+    return math.exp(min(total / max(count, 1), 50.0))
+
+
 class LMModule(pl.LightningModule):
     """Base: runs the network over (input, target, first) batches, carrying its hidden state
     across batches and resetting it at the first batch of a pass; logs <stage>/loss and
@@ -123,6 +139,7 @@ class LMModule(pl.LightningModule):
     def _log_ppl(self, stage: str, metric: MeanMetric) -> float:
         loss = float(metric.compute())
         metric.reset()
-        self.log(f"{stage}/loss", loss, sync_dist=False)
-        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), prog_bar=True)
+        # the metric is already reduced over processes; sync_dist only tells Lightning so
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=True)
         return loss
