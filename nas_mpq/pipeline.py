@@ -133,9 +133,10 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--uniform", default="true", choices=["true", "false"],
                     help="also finalize the uniform plan at the same budget, for reference")
     args, extra = ap.parse_known_args(argv)
-    report = run_pipeline(args.config, resolve_run_dir(args.run_dir), extra, args.overwrite == "true",
+    run_dir = resolve_run_dir(args.run_dir)
+    report = run_pipeline(args.config, run_dir, extra, args.overwrite == "true",
                           args.init_ckpt, args.finalize == "true", args.uniform == "true")
-    log_report(report, args.config, resolve_run_dir(args.run_dir), extra)
+    log_report(report, args.config, run_dir, extra)
     print(json.dumps(report, indent=1))
     return 0
 

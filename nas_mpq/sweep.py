@@ -39,7 +39,6 @@ from optuna.trial import TrialState
 
 from .lit.pruning import OptunaPruning
 from .pipeline import PIPELINE_STAGES, route_overrides, run_pipeline
-from .plan import PrecisionPlan
 from .sweep_spec import SweepSpec, check_stage_keys, objective_value, render_args
 
 COUNTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # WAITING: enqueued, not begun
@@ -110,7 +109,6 @@ class Sweep:
                  n_trials: int | None, seed: int | None) -> None:
         self.spec, self.run_dir = spec, run_dir
         self.n_trials = n_trials or spec.n_trials
-        self.storage_url = storage
         storage_obj, self.count_lock = open_storage(storage, run_dir)
         with FileLock(str(self.count_lock)) if self.count_lock else nullcontext():
             self.study = optuna.create_study(

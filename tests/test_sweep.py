@@ -54,7 +54,7 @@ def wandb_sample(param: dict):
 
 
 @pytest.mark.parametrize("path", WANDB_SPECS, ids=lambda p: p.name)
-def test_every_wandb_sweep_renders_into_a_command_our_cli_accepts(path):
+def test_every_wandb_sweep_renders_into_a_command_our_cli_accepts(path, monkeypatch):
     spec = yaml.safe_load(path.read_text())
     assert {"method", "metric", "parameters", "command"} <= set(spec)
     assert spec["metric"]["name"].startswith(("mixed/", "fp32/", "uniform/"))
@@ -62,7 +62,7 @@ def test_every_wandb_sweep_renders_into_a_command_our_cli_accepts(path):
     cmd = [a for c in spec["command"] if c != "${env}" for a in (args if c == "${args}" else [c])]
     assert cmd[:2] == ["nas-mpq", "run"]
     from nas_mpq.pipeline import resolve_run_dir
-    os.environ.setdefault("WANDB_RUN_ID", "abc123")
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     rest = cmd[2:]
     config = rest[rest.index("--config") + 1]
     assert resolve_run_dir(rest[rest.index("--run_dir") + 1]).name == os.environ["WANDB_RUN_ID"]

@@ -74,6 +74,11 @@ def weight_param_groups(net: nn.Module, exclude: Iterable[nn.Parameter] = ()) ->
     return groups
 
 
+def perplexity(mean_loss: float) -> float:
+    """exp(mean cross-entropy), capped so a diverged model reports a large finite number."""
+    return math.exp(min(mean_loss, 50.0))
+
+
 @torch.no_grad()
 def stream_perplexity(net: nn.Module, batches: Iterable[tuple]) -> float:
     """Perplexity of `net` over (input, target, first) batches in order, carrying the hidden state
@@ -87,7 +92,7 @@ def stream_perplexity(net: nn.Module, batches: Iterable[tuple]) -> float:
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
         count += y.numel()
     net.train(was_training)
-    return math.exp(min(total / max(count, 1), 50.0))
+    return perplexity(total / max(count, 1))
 
 
 class LMModule(pl.LightningModule):
@@ -125,7 +130,7 @@ class LMModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self._log_ppl("val", self.val_loss)
         if not self.trainer.sanity_checking:
-            self.val_history.append(math.exp(min(loss, 50.0)))
+            self.val_history.append(perplexity(loss))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.setdefault("nas_mpq", {})["val_history"] = self.val_history
@@ -141,5 +146,5 @@ class LMModule(pl.LightningModule):
         metric.reset()
         # the metric is already reduced over processes; sync_dist only tells Lightning so
         self.log(f"{stage}/loss", loss, sync_dist=True)
-        self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/ppl", perplexity(loss), prog_bar=True, sync_dist=True)
         return loss
