@@ -108,13 +108,11 @@ def kpath_step(vocab: int) -> Step:
         out = dict(params)
         for g in groups:
             w = params[g.plan.param]
-            rows = g.plan.rows
             q = g.choice.quantizers[k]
-            if rows is None:
+            if g.plan.rows is None:
                 out[g.plan.param] = q(w)
             else:  # gates are row slices: quantize each, then reassemble the tensor
-                parts = out.setdefault(f"__parts:{g.plan.param}", [])
-                parts.append(q(w[rows[0]:rows[1]]))
+                out.setdefault(f"__parts:{g.plan.param}", []).append(q(g.plan.view(w)))
         for name in [n for n in out if n.startswith("__parts:")]:
             out[name.split(":", 1)[1]] = torch.cat(out.pop(name), dim=0)
         return out

@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -22,9 +21,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
-from .data import LMDataModule
+from pytorch_lightning import LightningDataModule
+
 from .export import data_bytes, load_quantized, read_header, save_quantized
-from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights, stream_perplexity
+from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights, stream_metrics
 from .plots import plot_plan
 from .tracking import WandbConfig, log_stage_results
 
@@ -32,6 +32,7 @@ STAGES = ("pretrain", "search", "finalize")
 RESULT_FILES = {"pretrain": "model.ckpt", "search": "plan.json", "finalize": "model.safetensors",
                 "sensitivity": "plan.json"}
 PIPELINE_SHARED = ("data", "seed_everything", "wandb")
+DEFAULT_DATA = "nas_mpq.data.LMDataModule"
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -71,7 +72,7 @@ class StageCLI(LightningCLI):
 
     def __init__(self, stage: str, model_class: type, args: list[str], callbacks: list[Any] = ()) -> None:
         self.stage, self.extra_callbacks = stage, list(callbacks)
-        super().__init__(model_class, LMDataModule, run=False, args=args,
+        super().__init__(model_class, LightningDataModule, subclass_mode_data=True, run=False, args=args,
                          save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                          parser_kwargs={"prog": f"nas-mpq {stage}"})
 
@@ -85,9 +86,13 @@ class StageCLI(LightningCLI):
                             help="replace the results of a previous run in --run_dir")
         parser.add_argument("--wandb", type=WandbConfig, default=WandbConfig(),
                             help="log to wandb (offline unless wandb.mode or WANDB_MODE says otherwise)")
+        # data is any LightningDataModule (class_path/init_args); without a class_path it is the
+        # LM corpus module, so `data: {corpus: ...}` configs read as before
+        parser.set_defaults({"data": {"class_path": DEFAULT_DATA}})
+        # an LM's vocabulary size comes from its corpus (skipped for data without vocab_size)
         parser.link_arguments("data.vocab_size", "model.net.init_args.vocab_size", apply_on="instantiate")
-        # LMDataModule gives each process its own contiguous streams (hidden state carried across
-        # batches), so Lightning must not interleave batches across processes
+        # the data modules give each process its own share (an LM its contiguous streams, hidden
+        # state carried across batches), so Lightning must not interleave batches across processes
         parser.set_defaults({"trainer.use_distributed_sampler": False})
         if self.stage == "finalize":
             parser.add_argument("--plan", type=str, required=True, help="the plan.json to finalize")
@@ -169,6 +174,7 @@ def run_pretrain(argv: list[str], callbacks: list[Any] = ()) -> int:
         model_ckpt.unlink(missing_ok=True)
         model_ckpt.write_bytes(Path(best).read_bytes())
     metrics = {"stage": "pretrain", "val_ppl": val["val/ppl"], "test_ppl": test["test/ppl"],
+               **({"val_acc": val["val/acc"], "test_acc": test["test/acc"]} if "test/acc" in test else {}),
                "epochs": cli.trainer.current_epoch, "checkpoint": str(model_ckpt)}
     if cli.model.plan is not None:
         r = cli.model.plan.size()
@@ -211,13 +217,15 @@ def run_search(argv: list[str], callbacks: list[Any] = ()) -> int:
 def _model_args(cli: StageCLI) -> dict[str, Any]:
     """Constructor arguments of the network, as the registry's builder takes them."""
     args = cli.config.model.net.init_args.as_dict()
-    args["vocab_size"] = cli.datamodule.vocab_size
+    if hasattr(cli.datamodule, "vocab_size"):
+        args["vocab_size"] = cli.datamodule.vocab_size
     return args
 
 
-def _test_ppl(net: Any, datamodule: LMDataModule) -> float:
-    """Test perplexity of a plain network in one process, exactly as `nas-mpq evaluate` computes it."""
-    return stream_perplexity(net, datamodule.evaluation_batches("test"))
+def _test_metrics(net: Any, datamodule: LightningDataModule) -> dict[str, float]:
+    """test_ppl (and test_acc for a classifier) of a plain network in one process, exactly as
+    `nas-mpq evaluate` computes them."""
+    return {f"test_{k}": v for k, v in stream_metrics(net, datamodule.evaluation_batches("test")).items()}
 
 
 def run_finalize(argv: list[str], callbacks: list[Any] = ()) -> int:
@@ -233,15 +241,15 @@ def run_finalize(argv: list[str], callbacks: list[Any] = ()) -> int:
     if not cli.trainer.is_global_zero:
         return 0
     net = module.quantized_net()
-    test_ppl = _test_ppl(net, cli.datamodule)
-    space_args = {k: v for k, v in asdict(module.space_config).items() if k != "name" and v is not None}
+    test = _test_metrics(net, cli.datamodule)
+    space_args = module.space_config.overrides()
     path = save_quantized(cli.run_dir / "model.safetensors", net, module.plan, module.group_codes(),
                           _model_args(cli), space_args,
-                          metadata={"data": cli.config.data.as_dict(), "method": module.method,
-                                    "test_ppl": test_ppl}, overwrite=cli.config.overwrite)
+                          metadata={"data": cli.config.data.as_dict(), "method": module.method, **test},
+                          overwrite=cli.config.overwrite)
     r = module.plan.size()
     best_epoch = 1 + min(range(len(history)), key=history.__getitem__) if history else None
-    metrics = {"stage": "finalize", "method": module.method, "test_ppl": test_ppl,
+    metrics = {"stage": "finalize", "method": module.method, **test,
                "val_ppl": min(history) if history else None, "val_ppl_history": history,
                "epochs_to_best_val": best_epoch, "size_bits": r.size_bits,
                "fp32_size_bits": r.fp32_size_bits, "compression": r.compression, "avg_bits": r.avg_bits,
@@ -256,19 +264,20 @@ def run_evaluate(argv: list[str]) -> int:
     pre.add_argument("--model")
     model = pre.parse_known_args(argv)[0].model
     parser = ArgumentParser(prog="nas-mpq evaluate",
-                            description="test perplexity and sizes of a packed model (JSON)")
+                            description="test perplexity (accuracy for a classifier) and sizes of a packed model (JSON)")
     parser.add_argument("--model", type=str, required=True, help="a model.safetensors written by finalize")
-    parser.add_class_arguments(LMDataModule, "data")
+    parser.add_subclass_arguments(LightningDataModule, "data", help="the data (default: what the model was trained on)")
+    data: dict[str, Any] = {"class_path": DEFAULT_DATA}
     if model:
-        header = read_header(model)
-        data = header["metadata"].get("data", {})
-        parser.set_defaults({f"data.{k}": v for k, v in data.items()})
+        data = read_header(model)["metadata"].get("data", {})
+        data = data if "class_path" in data else {"class_path": DEFAULT_DATA, "init_args": data}
+    parser.set_defaults({"data": data})
     cfg = parser.parse_args(argv)
     header = read_header(cfg.model)
     net = load_quantized(cfg.model)
-    datamodule = LMDataModule(**cfg.data.as_dict())
+    datamodule = parser.instantiate_classes(cfg).data
     r = header["plan"].size()
-    result = {"model": cfg.model, "test_ppl": _test_ppl(net, datamodule), "size_bits": r.size_bits,
+    result = {"model": cfg.model, **_test_metrics(net, datamodule), "size_bits": r.size_bits,
               "fp32_size_bits": r.fp32_size_bits, "compression": r.compression, "avg_bits": r.avg_bits,
               "file_bytes": Path(cfg.model).stat().st_size, "data_bytes": data_bytes(cfg.model)}
     print(json.dumps(result, indent=1))

@@ -32,8 +32,7 @@ GroupCodes = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def group_shape(net: nn.Module, g: GroupPlan) -> tuple[int, ...]:
-    shape = tuple(net.get_parameter(g.param).shape)
-    return shape if g.rows is None else (g.rows[1] - g.rows[0],) + shape[1:]
+    return g.shape(net.get_parameter(g.param).shape)
 
 
 def _searched_tensor_ids(net: nn.Module, plan: PrecisionPlan) -> set[int]:
@@ -119,8 +118,7 @@ def load_quantized(path: str | Path) -> nn.Module:
                 codes = unpack_codes(_take(stored, f"{name}.codes", path), g.bits, numel).reshape(shape)
                 scale = _take(stored, f"{name}.scale", path)
                 w = codes * (scale.reshape(()) if scale.numel() == 1 else scale.reshape((-1,) + (1,) * (len(shape) - 1)))
-            param = net.get_parameter(g.param)
-            (param if g.rows is None else param[g.rows[0]:g.rows[1]]).copy_(w.reshape(shape))
+            g.view(net.get_parameter(g.param)).copy_(w.reshape(shape))
         searched = _searched_tensor_ids(net, plan)
         own = {k: t for k, t in net.state_dict(keep_vars=True).items() if id(t) not in searched}
         rest = {k[len("param."):] for k in stored if k.startswith("param.")}

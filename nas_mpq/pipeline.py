@@ -142,7 +142,7 @@ def run(argv: list[str]) -> int:
 
 
 def _quantized(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m[k] for k in ("test_ppl", "val_ppl", "size_bits", "compression", "avg_bits", "method",
+    return {k: m[k] for k in ("test_ppl", "val_ppl", "test_acc", "size_bits", "compression", "avg_bits", "method",
                               "epochs_to_best_val", "model") if k in m}
 
 
@@ -153,6 +153,7 @@ def build_report(fp32: dict | None, search: dict, mixed: dict, uniform: dict | N
     r = plan.size()
     return {
         "fp32": {"test_ppl": fp32["test_ppl"] if fp32 else None, "val_ppl": fp32["val_ppl"] if fp32 else None,
+                 **({"test_acc": fp32["test_acc"]} if fp32 and "test_acc" in fp32 else {}),
                  "size_bits": r.fp32_size_bits},
         "search": {"val_ppl_history": search["val_ppl_history"], "bits_used": search["bits_used"]},
         "mixed": {"test_ppl": None, **_quantized(mixed), "size_mb": r.size_bits / 8e6},
@@ -169,20 +170,24 @@ def _fmt(v: float | None) -> str:
 def write_report(root: Path, report: dict[str, Any]) -> None:
     """report.json, report.md (a table and the plots) and ppl.png."""
     (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    rows = [("FP32", report["fp32"]["test_ppl"], report["fp32"]["size_bits"], 1.0, 32.0)]
+    fp32 = report["fp32"]
+    rows = [("FP32", fp32["test_ppl"], fp32.get("test_acc"), fp32["size_bits"], 1.0, 32.0)]
     for key, label in (("mixed", "mixed precision (searched)"), ("uniform", "uniform")):
         m = report[key]
         if m:
             name = f"{label} {m['bits']} bit" if key == "uniform" else label
-            rows.append((name, m["test_ppl"], m["size_bits"], m["compression"], m["avg_bits"]))
+            rows.append((name, m["test_ppl"], m.get("test_acc"), m["size_bits"], m["compression"], m["avg_bits"]))
     tested = {name: ppl for name, ppl, *_ in rows if ppl is not None}
+    accuracy = any(acc is not None for _, _, acc, *_ in rows)  # a classifier: its accuracy too
     if tested:
         plot_stage_ppl(tested, root / "ppl.png")
     budget = report["budget"]
     lines = ["# nas-mpq run report", "",
              f"Budget: {budget['kind']} = {budget['value']}" if budget else "No budget", "",
-             "| model | test ppl | size (MB) | compression | avg bits |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {_fmt(p)} | {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, s, c, a in rows]
+             "| model | test ppl |" + (" test acc |" if accuracy else "") + " size (MB) | compression | avg bits |",
+             "|---|---:|" + ("---:|" if accuracy else "") + "---:|---:|---:|"]
+    lines += [f"| {n} | {_fmt(p)} |" + (f" {_fmt(None if acc is None else 100 * acc)} % |" if accuracy else "")
+              + f" {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, acc, s, c, a in rows]
     hist = ", ".join(f"{v:.1f}" for v in report["search"]["val_ppl_history"])
     lines += ["", f"Supernet val perplexity per epoch: {hist}", "",
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",

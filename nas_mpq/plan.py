@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .quant.functional import check_bits
 
-PLAN_FORMAT = "nas-mpq.plan/1"
-BUDGET_KINDS = ("avg_bits", "compression", "size_mb")
+PLAN_FORMAT = "nas-mpq.plan/2"
+READABLE_FORMATS = ("nas-mpq.plan/1", PLAN_FORMAT)
+"""Version 2 added a group's `axis` (column slices) and `macs` (for BitOps budgets) and the budget
+kind "bitops"; a version-1 file reads as version 2 without them."""
+BUDGET_KINDS = ("avg_bits", "compression", "size_mb", "bitops")
 SCALE_BITS = 32
 FLOAT_BITS = 32
+ACTIVATION_BITS = 32
+"""Bit-width of the activations a weight meets in a BitOps count (activations stay FP32)."""
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """One weight group: `rows` is the row slice [start, stop) of `param`, or None for all of it.
-    `scales` is how many 32-bit scale values the group stores when quantized to 1..8 bits."""
+    """One weight group: `rows` is the slice [start, stop) of `param` along dimension `axis` (0:
+    rows, e.g. an LSTM gate or the Q rows of one head; 1: columns, e.g. one head's inputs of an
+    attention output projection), or None for all of it. `scales` is how many 32-bit scale values
+    the group stores when quantized to 1..8 bits."""
 
     param: str
     rows: tuple[int, int] | None
@@ -34,6 +41,21 @@ class GroupPlan:
     bits: int
     scales: int = 1
     probs: tuple[float, ...] | None = None
+    axis: int = 0
+    macs: int | None = None
+
+    def view(self, weight: Any) -> Any:
+        """The group's part of its parameter tensor `weight` (a view, no copy)."""
+        if self.rows is None:
+            return weight
+        return weight.narrow(self.axis, self.rows[0], self.rows[1] - self.rows[0])
+
+    def shape(self, param_shape: Iterable[int]) -> tuple[int, ...]:
+        """The shape of the group's slice of a parameter of `param_shape`."""
+        shape = list(param_shape)
+        if self.rows is not None:
+            shape[self.axis] = self.rows[1] - self.rows[0]
+        return tuple(shape)
 
     def scale_count(self, bits: int | None = None) -> int:
         b = self.bits if bits is None else bits
@@ -67,10 +89,12 @@ def plan_size(groups: Iterable[GroupPlan], fixed_numel: int) -> SizeReport:
 @dataclass(frozen=True)
 class Budget:
     """A size budget: average bits over the searched weights, a compression ratio of the whole model
-    against FP32, or a size in megabytes (1 MB = 10^6 bytes) of the whole model.
+    against FP32, or a size in megabytes (1 MB = 10^6 bytes) of the whole model; or a compute
+    budget: BitOps per sample, sum over groups of MACs x weight bits x activation bits (32).
 
     The budget constrains a linear measure of the plan: for avg_bits, sum(numel * bits) over the
-    searched groups; otherwise size_bits. `capacity` is the bound on that measure."""
+    searched groups; for bitops, sum(macs * bits * 32); otherwise size_bits. `capacity` is the
+    bound on that measure."""
 
     kind: str
     value: float
@@ -83,10 +107,17 @@ class Budget:
 
     def group_cost(self, group: GroupPlan, bits: int) -> int:
         """The budget's measure for one group at `bits`."""
-        return group.numel * bits if self.kind == "avg_bits" else group.cost_bits(bits)
+        if self.kind == "avg_bits":
+            return group.numel * bits
+        if self.kind == "bitops":
+            if group.macs is None:
+                raise ValueError("a bitops budget needs the MACs of every group; this plan has none "
+                                 "(it was made without them, e.g. by format version 1)")
+            return group.macs * bits * ACTIVATION_BITS
+        return group.cost_bits(bits)
 
     def fixed_cost(self, fixed_numel: int) -> int:
-        return 0 if self.kind == "avg_bits" else FLOAT_BITS * fixed_numel
+        return 0 if self.kind in ("avg_bits", "bitops") else FLOAT_BITS * fixed_numel
 
     def capacity(self, groups: Iterable[GroupPlan], fixed_numel: int) -> float:
         """Upper bound on sum(group_cost) + fixed_cost."""
@@ -96,6 +127,8 @@ class Budget:
             return self.value * searched
         if self.kind == "compression":
             return FLOAT_BITS * (searched + fixed_numel) / self.value
+        if self.kind == "bitops":
+            return self.value
         return self.value * 8e6
 
     def measure(self, groups: Iterable[GroupPlan], fixed_numel: int) -> float:
@@ -105,9 +138,15 @@ class Budget:
     def check_feasible(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
                        candidates: Mapping[str, Iterable[int]]) -> None:
         """Raise ValueError if even the plan with every group at its lowest candidate exceeds
-        the budget, naming the smallest budget that can be met."""
-        least = sum(min(self.group_cost(g, b) for b in candidates[n]) for n, g in groups.items())
-        least += self.fixed_cost(fixed_numel)
+        the budget, naming the smallest budget that can be met. A layer whose groups may all be
+        pruned (0 bits) keeps one group at its cheapest other candidate."""
+        def cheapest(n: str, allow_zero: bool = True) -> int:
+            return min(self.group_cost(groups[n], b) for b in candidates[n] if allow_zero or b != 0)
+
+        least = sum(cheapest(n) for n in groups) + self.fixed_cost(fixed_numel)
+        for names in layers(groups).values():
+            if all(0 in candidates[n] for n in names):
+                least += min(cheapest(n, allow_zero=False) - cheapest(n) for n in names)
         gs = list(groups.values())
         if least > self.capacity(gs, fixed_numel) + 1e-6:
             raise ValueError(
@@ -121,7 +160,17 @@ class Budget:
         if self.kind == "compression":
             fp32 = FLOAT_BITS * (sum(g.numel for g in groups) + fixed_numel)
             return f"compression={fp32 / measure:.4f}"
+        if self.kind == "bitops":
+            return f"bitops={measure:.6g}"
         return f"size_mb={measure / 8e6:.6f}"
+
+
+def layers(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
+    """Group names by the parameter (layer weight) they slice."""
+    out: dict[str, list[str]] = {}
+    for n, g in groups.items():
+        out.setdefault(g.param, []).append(n)
+    return out
 
 
 @dataclass
@@ -156,8 +205,7 @@ class PrecisionPlan:
         return self.budget.measure(gs, self.fixed_numel) <= self.budget.capacity(gs, self.fixed_numel) + 1e-6
 
     def with_bits(self, bits: Mapping[str, int]) -> "PrecisionPlan":
-        groups = {n: GroupPlan(g.param, g.rows, g.numel, check_bits(bits[n]), g.scales, g.probs)
-                  for n, g in self.groups.items()}
+        groups = {n: replace(g, bits=check_bits(bits[n])) for n, g in self.groups.items()}
         return PrecisionPlan(self.search_space, self.candidates, groups, self.fixed_numel,
                              self.budget, dict(self.extra))
 
@@ -168,6 +216,10 @@ class PrecisionPlan:
         for n, g in self.groups.items():
             d: dict[str, Any] = {"param": g.param, "rows": list(g.rows) if g.rows else None,
                                  "numel": g.numel, "bits": g.bits, "scales": g.scales}
+            if g.axis:
+                d["axis"] = g.axis
+            if g.macs is not None:
+                d["macs"] = g.macs
             if g.probs is not None:
                 d["probs"] = [round(float(p), 6) for p in g.probs]
             groups[n] = d
@@ -181,13 +233,14 @@ class PrecisionPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "plan") -> "PrecisionPlan":
-        if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
+        if not isinstance(d, Mapping) or d.get("format") not in READABLE_FORMATS:
             fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
-            raise ValueError(f"{source}: unsupported plan format {fmt!r}; expected {PLAN_FORMAT!r}")
+            raise ValueError(f"{source}: unsupported plan format {fmt!r}; readable: {list(READABLE_FORMATS)}")
         try:
             groups = {n: GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None,
                                    int(g["numel"]), int(g["bits"]), int(g.get("scales", 1)),
-                                   tuple(g["probs"]) if g.get("probs") else None)
+                                   tuple(g["probs"]) if g.get("probs") else None, int(g.get("axis", 0)),
+                                   int(g["macs"]) if g.get("macs") is not None else None)
                       for n, g in d["groups"].items()}
             budget = Budget(**d["budget"]) if d.get("budget") else None
             known = {"format", "search_space", "candidates", "budget", "groups", "fixed_numel",

@@ -5,7 +5,7 @@
 
 The model, search space, budget and data come from the config's search section (the same keys as
 `nas-mpq search`). Methods: hessian (Hutchinson trace, HAWQ-V2 Omega), kl (KL of next-token
-distributions with one group quantized), and the baselines uniform (every group at --bits, by
+distributions (class distributions for a classifier) with one group quantized), and the baselines uniform (every group at --bits, by
 default the largest candidate meeting the budget) and random (seeded). Writes sensitivity.json
 (hessian and kl), plan.json and sensitivity.png.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from torch.nn import functional as F
 
-from .lit import SupernetModule, load_net_weights
+from .lit import SupernetModule, batch_logits, load_net_weights
 from .plan import PrecisionPlan
 from .plots import plot_plan, plot_sensitivity
 from .search import to_float_, uniform_plan
@@ -28,9 +28,8 @@ METHODS = ("hessian", "kl", "uniform", "random")
 
 
 def _loss(model: Any, batch: tuple) -> Any:
-    x, y, _ = batch
-    logits, _ = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    logits, y, _ = batch_logits(model, batch, None)
+    return F.cross_entropy(logits, y)
 
 
 def _take(loader: Any, n: int) -> list:
@@ -64,7 +63,7 @@ def run(argv: list[str]) -> int:
             report["samples"] = est.samples
         else:
             omega = kl_sensitivity(net, template.groups, space.candidates, _take(dm.search_dataloader(), cfg.num_batches),
-                                   lambda m, b: m(b[0])[0], space.method, space.per_channel)
+                                   lambda m, b: batch_logits(m, b, None)[0], space.method, space.per_channel)
         report["groups"] = {n: {"numel": g.numel, **({"trace": est.traces[n]} if cfg.method == "hessian" else {}),
                                 "omega": {str(b): v for b, v in omega[n].items()}}
                             for n, g in template.groups.items()}

@@ -1,6 +1,8 @@
 """The model families nas-mpq searches over, registered by name (a dict plus a decorator).
 
-Each entry is a backbone nn.Module class and a function building its default SearchSpace.
+Each entry is a backbone nn.Module class, a function building its default SearchSpace, and the
+constructor arguments of a tiny example network with the options of a rich variant of its space
+(the registry-wide tests build it, feed it `net.example_input()` and search it both ways).
 
 Example:
     >>> entry = get_search_space("lstm_lm")
@@ -9,7 +11,8 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
@@ -22,23 +25,33 @@ class SearchSpaceEntry:
     name: str
     model_cls: type[nn.Module]
     space_fn: Callable[..., SearchSpace]
+    example_args: dict[str, Any] = field(default_factory=dict)
+    example_space: dict[str, Any] = field(default_factory=dict)
 
     def build(self, **kwargs: Any) -> nn.Module:
         return self.model_cls(**kwargs)
 
     def space(self, **overrides: Any) -> SearchSpace:
+        options = list(inspect.signature(self.space_fn).parameters)
+        unknown = sorted(set(overrides) - set(options))
+        if unknown:
+            raise ValueError(f"search space {self.name!r} has no option(s) {unknown}; it takes {options}")
         return self.space_fn(**overrides)
 
 
 _REGISTRY: dict[str, SearchSpaceEntry] = {}
 
 
-def register_search_space(name: str, space_fn: Callable[..., SearchSpace]):
-    """Class decorator: register a backbone under `name` with its default-space builder."""
+def register_search_space(name: str, space_fn: Callable[..., SearchSpace],
+                          example_args: dict[str, Any] | None = None,
+                          example_space: dict[str, Any] | None = None):
+    """Class decorator: register a backbone under `name` with its default-space builder, the
+    arguments of a tiny example network and space options that exercise its finer groupings."""
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"search space {name!r} is already registered")
-        _REGISTRY[name] = SearchSpaceEntry(name, cls, space_fn)
+        _REGISTRY[name] = SearchSpaceEntry(name, cls, space_fn, dict(example_args or {}),
+                                           dict(example_space or {}))
         return cls
     return wrap
 
@@ -55,4 +68,4 @@ def get_search_space(name: str | SearchSpaceEntry) -> SearchSpaceEntry:
     return _REGISTRY[name]
 
 
-from . import lstm_lm  # noqa: E402,F401  (registers)
+from . import cnn, lstm_lm, transformer_lm  # noqa: E402,F401  (register)

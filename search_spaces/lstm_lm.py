@@ -21,7 +21,10 @@ def lstm_lm_space(candidates: list[int] | None = None, granularity: str = "gate"
                        method=method, per_channel=per_channel)
 
 
-@register_search_space("lstm_lm", lstm_lm_space)
+@register_search_space("lstm_lm", lstm_lm_space,
+                       example_args={"vocab_size": 40, "embed_dim": 8, "hidden_dim": 8, "num_layers": 2,
+                                     "dropout": 0.0},
+                       example_space={"granularity": "tensor", "method": "lsq"})
 class LSTMLM(nn.Module):
     """Embedding -> dropout -> n-layer LSTM -> dropout -> linear softmax layer.
 
@@ -55,3 +58,7 @@ class LSTMLM(nn.Module):
         x = self.drop(self.encoder(tokens))
         out, hidden = self.rnn(x, hidden)
         return self.decoder(self.drop(out)), hidden
+
+    def example_input(self, batch_size: int = 2) -> tuple[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return (torch.randint(0, self.vocab_size, (batch_size, 8), generator=g),)

@@ -17,7 +17,7 @@ def test_pretrain_search_qat_pipeline(config, tmp_path):
     assert main(["search", "--config", str(config), "--run_dir", str(run),
                  "--init_ckpt", str(fp32 / "model.ckpt")]) == 0
     plan = json.loads((run / "plan.json").read_text())
-    assert plan["format"] == "nas-mpq.plan/1" and plan["avg_bits"] <= 2.0
+    assert plan["format"] == "nas-mpq.plan/2" and plan["avg_bits"] <= 2.0
     assert (run / "plan.png").stat().st_size > 1000
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["val_ppl_history"]) == 2 and m["size_bits"] == plan["size_bits"]
@@ -56,7 +56,7 @@ def test_refuses_to_overwrite_results(config, tmp_path, capsys):
     assert not (run / "checkpoints").exists()  # refused before any training
     assert main(["search", "--config", str(config), "--run_dir", str(run), "--overwrite", "true",
                  "--trainer.max_epochs", "1"]) == 0
-    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/1"
+    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/2"
     with pytest.raises(SystemExit, match="checkpoints of an unfinished run"):
         (run / "plan.json").unlink()
         main(["search", "--config", str(config), "--run_dir", str(run)])
@@ -88,30 +88,45 @@ def shipped_configs():
             yield pytest.param(path, stage, id=f"{path.parent.name}/{path.name}:{stage}")
 
 
+def _config_network(cfg: dict, stage: str) -> tuple:
+    """The stage's network and data module, built from a config's class paths as the CLI would."""
+    import importlib
+
+    from nas_mpq.data import LMDataModule
+
+    def build(spec: dict, **extra):
+        module, _, name = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}), **extra)
+
+    data = cfg["data"]
+    dm = build(data) if "class_path" in data else LMDataModule(**data)
+    net = cfg.get(stage, cfg)["model"]["net"]
+    return build(net, **({"vocab_size": dm.vocab_size} if hasattr(dm, "vocab_size") else {})), dm
+
+
 @pytest.mark.parametrize("path,stage", shipped_configs())
 def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys):
     from nas_mpq.cli import StageCLI, stage_args
-    from nas_mpq.data import LMDataModule
-    from nas_mpq.lit import FinalizeModule, LMTrainModule, SupernetModule
+    from nas_mpq.lit import FinalizeModule, LMTrainModule, SpaceConfig, SupernetModule
     from nas_mpq.search import uniform_plan
-    from search_spaces import get_search_space
     monkeypatch.chdir(REPO)
     model_cls = {"search": SupernetModule, "pretrain": LMTrainModule, "finalize": FinalizeModule}[stage]
+    cfg = yaml.safe_load(path.read_text())
+    net, dm = _config_network(cfg, stage)
     extra = []
     if stage == "finalize":  # a plan that fits the config's network
-        cfg = yaml.safe_load(path.read_text())
-        data, net = cfg["data"], cfg.get(stage, cfg)["model"]["net"]
-        entry = get_search_space("lstm_lm")
-        model = entry.build(vocab_size=LMDataModule(**data).vocab_size, **net["init_args"])
-        uniform_plan(model, entry.space(), 2).save(tmp_path / "plan.json")
+        space = SpaceConfig(**cfg.get(stage, cfg)["model"]["space"]).build()
+        uniform_plan(net, space, 2).save(tmp_path / "plan.json")
         extra = ["--plan", str(tmp_path / "plan.json")]
     cli = StageCLI(stage, model_cls, stage_args(stage, ["--config", str(path), "--run_dir", str(tmp_path), *extra]))
-    assert isinstance(cli.model, model_cls)
-    assert cli.model.net.vocab_size == cli.datamodule.vocab_size
+    assert isinstance(cli.model, model_cls) and type(cli.datamodule) is type(dm)
+    assert type(cli.model.net) is type(net)
+    weights = {k: v.shape for k, v in cli.model.net.state_dict().items() if ".choices." not in k}
+    assert weights == {k: v.shape for k, v in net.state_dict().items()}
     with pytest.raises(SystemExit):
         main([stage, "--config", str(path), "--print_config", *extra])
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["net"]["class_path"] == "search_spaces.lstm_lm.LSTMLM"
+    assert printed["model"]["net"]["class_path"] == cfg.get(stage, cfg)["model"]["net"]["class_path"]
 
 
 @pytest.mark.slow

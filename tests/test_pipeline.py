@@ -25,9 +25,9 @@ def check_on_tables(path):
             scale = f.get_tensor(f"{name}.scale")
             limit = 1 if g.bits <= 2 else 2 ** (g.bits - 1) - 1
             assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all())
-            w = net.get_parameter(g.param)
-            w = w if g.rows is None else w[g.rows[0]:g.rows[1]]
-            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else scale.reshape(-1, 1))), name
+            w = g.view(net.get_parameter(g.param))
+            per_row = scale.reshape((-1,) + (1,) * (len(shape) - 1))
+            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else per_row)), name
     return plan
 
 

@@ -1,8 +1,14 @@
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from nas_mpq.plan import Budget, GroupPlan, PrecisionPlan, plan_size
+from nas_mpq.search import apply_plan_, search_groups
+from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
+
+V1_PLAN = Path(__file__).parent / "data" / "plan_v1_lstm_quick.json"
 
 
 def hand_plan(bits_emb=2, bits_gate=2, budget=None):
@@ -53,7 +59,7 @@ def test_round_trip_and_recount(tmp_path):
     plan = hand_plan(budget=Budget("avg_bits", 8.0))
     path = plan.save(tmp_path / "plan.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "nas-mpq.plan/1"
+    assert data["format"] == "nas-mpq.plan/2"
     assert data["size_bits"] == 3248 and data["avg_bits"] == pytest.approx(1616 / 208)
     back = PrecisionPlan.load(path)
     assert back.bits == plan.bits and back.budget == plan.budget and back.meets_budget()
@@ -81,3 +87,48 @@ def test_corrupt_plan_files(tmp_path):
         PrecisionPlan.load(bad)
     with pytest.raises(FileNotFoundError):
         PrecisionPlan.load(tmp_path / "none.json")
+
+
+def test_format_version_1_still_loads(tmp_path):
+    """A plan written by format version 1 (the quick LSTM config's search) loads, applies to its
+    model and is written back as version 2 with the same content."""
+    assert json.loads(V1_PLAN.read_text())["format"] == "nas-mpq.plan/1"
+    plan = PrecisionPlan.load(V1_PLAN)
+    assert plan.budget == Budget("avg_bits", 2.0) and plan.meets_budget()
+    assert all(g.axis == 0 and g.macs is None for g in plan.groups.values())
+    net = apply_plan_(LSTMLM(2000, 128, 128, 2), plan, lstm_lm_space())
+    assert {g.name: g.plan.bits for g in search_groups(net)} == plan.bits
+    again = PrecisionPlan.load(plan.save(tmp_path / "v2.json"))
+    assert json.loads((tmp_path / "v2.json").read_text())["format"] == "nas-mpq.plan/2"
+    assert again.groups == plan.groups and again.size() == plan.size()
+
+
+def test_column_slices_and_macs_round_trip(tmp_path):
+    g = GroupPlan("attn.o.weight", (4, 8), 32, 2, axis=1, macs=32)
+    w = torch.arange(64.0).reshape(8, 8)
+    assert g.shape(w.shape) == (8, 4)
+    assert torch.equal(g.view(w), w[:, 4:8])
+    plan = PrecisionPlan("transformer_lm", [2, 32], {"o:h1": g}, 0)
+    back = PrecisionPlan.load(plan.save(tmp_path / "p.json"))
+    assert back.groups["o:h1"] == g
+
+
+def test_bitops_budget_counts_macs_times_weight_and_activation_bits():
+    groups = {"conv": GroupPlan("conv.weight", None, 9, 4, macs=9 * 64), "fc": GroupPlan("fc.weight", None, 20, 2, macs=20),
+              "emb": GroupPlan("emb.weight", None, 30, 8, macs=0)}
+    b = Budget("bitops", 1e6)
+    assert b.measure(groups.values(), 5) == (9 * 64 * 4 + 20 * 2) * 32
+    # the smallest plan: every group at 1 bit, (576 + 20) x 1 x 32
+    assert b.capacity(groups.values(), 5) == 1e6 and b.fixed_cost(5) == 0
+    with pytest.raises(ValueError, match="infeasible budget bitops=100.0.*needs bitops=19072;"):
+        Budget("bitops", 100.0).check_feasible(groups, 5, {n: [1, 2, 32] for n in groups})
+    with pytest.raises(ValueError, match="needs the MACs of every group"):
+        b.group_cost(GroupPlan("w", None, 4, 2), 2)
+
+
+def test_feasibility_keeps_one_group_of_every_prunable_layer():
+    groups = {f"w:{i}": GroupPlan("w", (i, i + 1), 10, 4) for i in range(3)}
+    cands = {n: [0, 2, 4] for n in groups}
+    Budget("avg_bits", 2 / 3).check_feasible(groups, 0, cands)  # one group of 10 at 2 bits = 20 of 30
+    with pytest.raises(ValueError, match="avg_bits=0.6667"):
+        Budget("avg_bits", 0.5).check_feasible(groups, 0, cands)

@@ -27,9 +27,8 @@ RHO_SCHEDULES = ("multiplicative", "balance")
 
 
 def group_weight(model: nn.Module, g: GroupPlan) -> torch.Tensor:
-    """The weights of group `g` in `model` (a view: a row slice of its parameter)."""
-    w = model.get_parameter(g.param)
-    return w if g.rows is None else w[g.rows[0]:g.rows[1]]
+    """The weights of group `g` in `model` (a view: a slice of its parameter)."""
+    return g.view(model.get_parameter(g.param))
 
 
 class ADMMState(nn.Module):

@@ -1,9 +1,10 @@
-"""What the LM LightningModules share: the search-space config, truncated BPTT with a carried
-hidden state, perplexity metrics, per-epoch seeding, and loading network weights."""
+"""What the LightningModules share: the search-space config, truncated BPTT with a carried
+hidden state (LMs) or plain (images, labels) batches (classifiers), perplexity and accuracy
+metrics, per-step seeding, and loading network weights."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -21,19 +22,25 @@ OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 @dataclass
 class SpaceConfig:
-    """Which registered search space, and overrides of its defaults (None keeps the default)."""
+    """Which registered search space, and overrides of its defaults (None keeps the default):
+    `blocks` is the number of heads (transformer_lm, granularity head) or of output-channel
+    blocks (cnn, granularity block); `prune` adds the 0-bit candidate where the space allows it;
+    `activation_candidates` searches the input bit-width of every Linear/Conv layer."""
 
     name: str = "lstm_lm"
     candidates: list[int] | None = None
     granularity: str | None = None
     method: str | None = None
     per_channel: bool | None = None
+    blocks: int | None = None
+    prune: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The options set here (what a packed model stores to rebuild the space)."""
+        return {k: v for k, v in asdict(self).items() if k != "name" and v is not None}
 
     def build(self) -> SearchSpace:
-        overrides = {k: v for k, v in (("candidates", self.candidates), ("granularity", self.granularity),
-                                       ("method", self.method), ("per_channel", self.per_channel))
-                     if v is not None}
-        return get_search_space(self.name).space(**overrides)
+        return get_search_space(self.name).space(**self.overrides())
 
 
 def detach_hidden(hidden: Any) -> Any:
@@ -79,26 +86,44 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(min(mean_loss, 50.0))
 
 
+def batch_logits(net: nn.Module, batch: tuple, hidden: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(logits (N, C), targets (N,), new hidden state) of one batch: (inputs, targets, first) for
+    a language model (the hidden state is carried unless `first`), (inputs, labels) for a
+    classifier."""
+    if len(batch) == 3:
+        x, y, first = batch
+        logits, hidden = net(x, None if first else hidden)
+        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1), hidden
+    x, y = batch
+    return net(x), y, None
+
+
 @torch.no_grad()
-def stream_perplexity(net: nn.Module, batches: Iterable[tuple]) -> float:
-    """Perplexity of `net` over (input, target, first) batches in order, carrying the hidden state
-    as LMModule does, in a plain loop: no Trainer, no distributed metric sync, so one process can
-    evaluate while others have finished."""
+def stream_metrics(net: nn.Module, batches: Iterable[tuple]) -> dict[str, float]:
+    """{"ppl": perplexity, and for a classifier "acc": accuracy} of `net` over the batches in
+    order, carrying an LM's hidden state as LMModule does, in a plain loop: no Trainer, no
+    distributed metric sync, so one process can evaluate while others have finished."""
     was_training = net.training
     net.eval()
-    total, count, hidden = 0.0, 0, None
-    for x, y, first in batches:
-        logits, hidden = net(x, None if first else hidden)
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+    total, count, correct, hidden, classifier = 0.0, 0, 0, None, False
+    for batch in batches:
+        classifier = len(batch) == 2
+        logits, y, hidden = batch_logits(net, batch, hidden)
+        total += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
         count += y.numel()
     net.train(was_training)
-    return perplexity(total / max(count, 1))
+    out = {"ppl": perplexity(total / max(count, 1))}
+    if classifier:
+        out["acc"] = correct / max(count, 1)
+    return out
 
 
 class LMModule(pl.LightningModule):
-    """Base: runs the network over (input, target, first) batches, carrying its hidden state
-    across batches and resetting it at the first batch of a pass; logs <stage>/loss and
-    <stage>/ppl (perplexity over all tokens of the pass)."""
+    """Base: runs the network over (input, target, first) LM batches, carrying its hidden state
+    across batches and resetting it at the first batch of a pass, or over (images, labels)
+    classifier batches; logs <stage>/loss and <stage>/ppl (exp of the mean cross-entropy over the
+    pass), and <stage>/acc for a classifier."""
 
     def __init__(self, net: nn.Module, seed: int = 0) -> None:
         super().__init__()
@@ -106,14 +131,17 @@ class LMModule(pl.LightningModule):
         self.seed = seed
         self._hidden: dict[str, Any] = {}
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
         self.val_history: list[float] = []  # val/ppl per epoch, kept in checkpoints
 
     def lm_loss(self, batch: tuple, stream: str) -> torch.Tensor:
-        x, y, first = batch
-        hidden = None if first else self._hidden.get(stream)
-        logits, hidden = self.net(x, hidden)
+        return self._loss_and_accuracy(batch, stream)[0]
+
+    def _loss_and_accuracy(self, batch: tuple, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, y, hidden = batch_logits(self.net, batch, self._hidden.get(stream))
         self._hidden[stream] = detach_hidden(hidden)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        accuracy = (logits.argmax(-1) == y).float().mean() if len(batch) == 2 else None
+        return F.cross_entropy(logits, y), accuracy
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout masks depend on (seed, step, rank) only, so a resumed run continues exactly as
@@ -121,14 +149,20 @@ class LMModule(pl.LightningModule):
         step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
         torch.manual_seed((self.seed * 1_000_003 + step) * 101 + self.global_rank)
 
+    def _eval_step(self, batch: tuple, stage: str, loss: MeanMetric, acc: MeanMetric) -> None:
+        value, accuracy = self._loss_and_accuracy(batch, stage)
+        loss.update(value, batch[1].numel())
+        if accuracy is not None:
+            acc.update(accuracy, batch[1].numel())
+
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        self.val_loss.update(self.lm_loss(batch, "val"), batch[1].numel())
+        self._eval_step(batch, "val", self.val_loss, self.val_acc)
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        self.test_loss.update(self.lm_loss(batch, "test"), batch[1].numel())
+        self._eval_step(batch, "test", self.test_loss, self.test_acc)
 
     def on_validation_epoch_end(self) -> None:
-        loss = self._log_ppl("val", self.val_loss)
+        loss = self._log_metrics("val", self.val_loss, self.val_acc)
         if not self.trainer.sanity_checking:
             self.val_history.append(perplexity(loss))
 
@@ -139,12 +173,15 @@ class LMModule(pl.LightningModule):
         self.val_history = list(checkpoint.get("nas_mpq", {}).get("val_history", []))
 
     def on_test_epoch_end(self) -> None:
-        self._log_ppl("test", self.test_loss)
+        self._log_metrics("test", self.test_loss, self.test_acc)
 
-    def _log_ppl(self, stage: str, metric: MeanMetric) -> float:
-        loss = float(metric.compute())
-        metric.reset()
-        # the metric is already reduced over processes; sync_dist only tells Lightning so
+    def _log_metrics(self, stage: str, loss_metric: MeanMetric, acc_metric: MeanMetric) -> float:
+        # the metrics are already reduced over processes; sync_dist only tells Lightning so
+        loss = float(loss_metric.compute())
+        loss_metric.reset()
         self.log(f"{stage}/loss", loss, sync_dist=True)
         self.log(f"{stage}/ppl", perplexity(loss), prog_bar=True, sync_dist=True)
+        if acc_metric.update_count:
+            self.log(f"{stage}/acc", float(acc_metric.compute()), prog_bar=True, sync_dist=True)
+            acc_metric.reset()
         return loss

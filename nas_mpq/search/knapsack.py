@@ -8,13 +8,12 @@ with a_gk the budget's measure of group g at bit-width b_k (ALGORITHMS.md sectio
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from ..plan import PrecisionPlan
+from ..plan import PrecisionPlan, layers
 
 
 def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
@@ -45,10 +44,7 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Mapping[str, Sequence[int]],
         largest = sum(max(budget.group_cost(groups[n], b) for b in candidates[n]) for n in names)
         lower = min(min_fill * capacity, largest)
     constraints = [LinearConstraint(one_per_group, 1, 1), LinearConstraint(a[None, :], lower, bound)]
-    by_layer: dict[str, list[str]] = defaultdict(list)
-    for n in names:
-        by_layer[groups[n].param].append(n)
-    for layer_groups in by_layer.values():
+    for layer_groups in layers(groups).values():
         if all(0 in candidates[n] for n in layer_groups):
             row = np.array([1.0 if (n in layer_groups and b == 0) else 0.0 for n, b in index])
             constraints.append(LinearConstraint(row[None, :], -np.inf, len(layer_groups) - 1))

@@ -6,7 +6,7 @@ layer's parameters (tied weights stay tied) and `to_float` gives the plain layer
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import _VF, nn
@@ -20,43 +20,86 @@ ChoiceFactory = Callable[[str, torch.Tensor], MixedPrecisionChoice]
 """Builds the choice of one group from its key and weight slice."""
 
 
+class GroupSlice(NamedTuple):
+    """Where a group sits in its layer: parameter `param`, the range `rows` along `axis` (None:
+    the whole parameter)."""
+
+    param: str
+    rows: tuple[int, int] | None = None
+    axis: int = 0
+
+    def of(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.rows is None else w.narrow(self.axis, self.rows[0], self.rows[1] - self.rows[0])
+
+
+def block_slices(param: str, size: int, labels: Sequence[str], axis: int = 0) -> dict[str, GroupSlice]:
+    """Equal blocks of `param` along `axis` (of length `size`), keyed "<param>:<label>"."""
+    n = len(labels)
+    if n < 1 or size % n:
+        raise ValueError(f"cannot split {param!r} (size {size} along dimension {axis}) into {n} equal blocks")
+    step = size // n
+    return {f"{param}:{label}": GroupSlice(param, (i * step, (i + 1) * step), axis)
+            for i, label in enumerate(labels)}
+
+
+class BlockSplit(NamedTuple):
+    """Split a layer's weight into `blocks` equal blocks along `axis`, labelled `prefix<i>`
+    (attention heads: "h0", "h1", ...; output-channel blocks: "b0", ...)."""
+
+    blocks: int
+    axis: int = 0
+    prefix: str = "b"
+
+    def slices(self, w: torch.Tensor) -> dict[str, GroupSlice]:
+        if self.axis >= w.dim():
+            raise ValueError(f"cannot split a {w.dim()}-D weight along dimension {self.axis}")
+        return block_slices("weight", w.shape[self.axis], [f"{self.prefix}{i}" for i in range(self.blocks)],
+                            self.axis)
+
+
+def _weight_groups(mod: nn.Module, split: BlockSplit | None) -> dict[str, GroupSlice]:
+    return {"weight": GroupSlice("weight")} if split is None else split.slices(mod.weight)
+
+
 class SearchableMixin:
-    """Holds the choices and their row slices, and builds composite weights."""
+    """Holds the choices and the slices they quantize, and builds composite weights."""
 
     choices: nn.ModuleDict
-    slices: dict[str, tuple[str, tuple[int, int] | None]]
+    slices: dict[str, GroupSlice]
+    positions: int | None = 1
+    """MACs per sample = weight elements x positions: 1 for a Linear or LSTM (per token or row),
+    output height x width for a convolution (recorded by its forward), 0 for an embedding."""
 
-    def _init_choices(self, groups: dict[str, tuple[str, tuple[int, int] | None]],
-                      make_choice: ChoiceFactory,
+    def _init_choices(self, groups: dict[str, GroupSlice], make_choice: ChoiceFactory,
                       shared: dict[str, MixedPrecisionChoice] | None = None) -> None:
         self.slices = groups
         self.choices = nn.ModuleDict()
-        for key, (param, rows) in groups.items():
+        for key, where in groups.items():
             if shared and key in shared:
                 self.choices[key] = shared[key]
                 continue
-            w = getattr(self, param).detach()
-            self.choices[key] = make_choice(key, w if rows is None else w[rows[0]:rows[1]])
+            self.choices[key] = make_choice(key, where.of(getattr(self, where.param).detach()))
 
     def composite_weight(self, param: str) -> torch.Tensor:
-        """The weight `param` with every group replaced by its composite (row slices concatenated)."""
+        """The weight `param` with every group replaced by its composite (blocks concatenated)."""
         w = getattr(self, param)
-        parts = [(rows, key) for key, (p, rows) in self.slices.items() if p == param]
-        if len(parts) == 1 and parts[0][0] is None:
+        parts = [(where, key) for key, where in self.slices.items() if where.param == param]
+        if len(parts) == 1 and parts[0][0].rows is None:
             return self.choices[parts[0][1]].composite(w)
-        parts.sort(key=lambda item: item[0][0])
-        return torch.cat([self.choices[key].composite(w[a:b]) for (a, b), key in parts], dim=0)
+        parts.sort(key=lambda item: item[0].rows[0])
+        return torch.cat([self.choices[key].composite(where.of(w)) for where, key in parts], dim=parts[0][0].axis)
 
 
 class SearchLinear(SearchableMixin, nn.Linear):
     @classmethod
     def from_float(cls, mod: nn.Linear, make_choice: ChoiceFactory,
-                   shared: dict[str, MixedPrecisionChoice] | None = None) -> "SearchLinear":
+                   shared: dict[str, MixedPrecisionChoice] | None = None,
+                   split: BlockSplit | None = None) -> "SearchLinear":
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = mod.in_features, mod.out_features
         new.weight, new.bias = mod.weight, mod.bias
-        new._init_choices({"weight": ("weight", None)}, make_choice, shared)
+        new._init_choices(_weight_groups(mod, split), make_choice, shared)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +112,7 @@ class SearchLinear(SearchableMixin, nn.Linear):
 
 
 class SearchEmbedding(SearchableMixin, nn.Embedding):
+    positions = 0
     _FIELDS = ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
                "scale_grad_by_freq", "sparse")
 
@@ -80,7 +124,7 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
         for f in cls._FIELDS:
             setattr(new, f, getattr(mod, f))
         new.weight = mod.weight
-        new._init_choices({"weight": ("weight", None)}, make_choice, shared)
+        new._init_choices({"weight": GroupSlice("weight")}, make_choice, shared)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,15 +162,14 @@ class SearchLSTM(SearchableMixin, nn.LSTM):
         new.__dict__.update(_copy_state(mod, skip=("_modules",)))
         new._modules = {}
         h = mod.hidden_size
-        groups: dict[str, tuple[str, tuple[int, int] | None]] = {}
+        groups: dict[str, GroupSlice] = {}
         for name in mod._flat_weights_names:
             if not name.startswith("weight_"):
                 continue
             if granularity == "gate":
-                for j, gate in enumerate(LSTM_GATES):
-                    groups[f"{name}:{gate}"] = (name, (j * h, (j + 1) * h))
+                groups.update(block_slices(name, 4 * h, LSTM_GATES))
             else:
-                groups[name] = (name, None)
+                groups[name] = GroupSlice(name)
         new._init_choices(groups, make_choice, shared)
         return new
 
@@ -151,6 +194,33 @@ class SearchLSTM(SearchableMixin, nn.LSTM):
         return mod
 
 
+class SearchConv2d(SearchableMixin, nn.Conv2d):
+    """nn.Conv2d with a composite weight (one group, or blocks of output channels)."""
+
+    positions = None
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, make_choice: ChoiceFactory,
+                   shared: dict[str, MixedPrecisionChoice] | None = None,
+                   split: BlockSplit | None = None) -> "SearchConv2d":
+        new = cls.__new__(cls)
+        new.__dict__.update(_copy_state(mod, skip=("_modules",)))
+        new._modules = {}
+        new._init_choices(_weight_groups(mod, split), make_choice, shared)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(x, self.composite_weight("weight"), self.bias)
+        self.positions = out.shape[-2] * out.shape[-1]
+        return out
+
+    def to_float(self) -> nn.Conv2d:
+        mod = nn.Conv2d.__new__(nn.Conv2d)
+        mod.__dict__.update(_copy_state(self, skip=("_modules", "slices", "positions")))
+        mod._modules = {}
+        return mod
+
+
 def _copy_state(mod: nn.Module, skip: tuple[str, ...]) -> dict:
     """A module's attributes with its containers copied, so the two modules share tensors only."""
     return {k: (v.copy() if isinstance(v, (dict, list)) else v)
@@ -158,6 +228,6 @@ def _copy_state(mod: nn.Module, skip: tuple[str, ...]) -> dict:
 
 
 SEARCHABLE: dict[type[nn.Module], type[SearchableMixin]] = {
-    nn.Linear: SearchLinear, nn.Embedding: SearchEmbedding, nn.LSTM: SearchLSTM,
+    nn.Linear: SearchLinear, nn.Embedding: SearchEmbedding, nn.LSTM: SearchLSTM, nn.Conv2d: SearchConv2d,
 }
 """Float layer type -> its searchable subclass."""

@@ -11,24 +11,36 @@ from dataclasses import dataclass, field
 
 from ..quant import QUANT_METHODS, check_bits
 
-GRANULARITIES = ("tensor", "gate")
+GRANULARITIES = ("tensor", "gate", "head", "block")
+"""tensor: one group per weight; gate: an LSTM weight per gate (i, f, g, o); head: `blocks` equal
+blocks along `axis` labelled h0.. (attention heads); block: `blocks` equal blocks of output
+channels (rows) labelled b0.."""
 LSTM_GATES = ("i", "f", "g", "o")
 
 
 @dataclass
 class GroupRule:
     """Applies to modules whose qualified name matches `pattern` (fnmatch). `granularity` "gate"
-    splits each LSTM weight into its four gates; `exclude` keeps the module in FP32."""
+    splits each LSTM weight into its four gates, "head" and "block" split a Linear or Conv weight
+    into `blocks` equal blocks along `axis`; `exclude` keeps the module in FP32."""
 
     pattern: str
     granularity: str | None = None
     candidates: list[int] | None = None
     exclude: bool = False
+    blocks: int | None = None
+    axis: int = 0
 
     def __post_init__(self) -> None:
         if self.granularity is not None and self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r} in rule {self.pattern!r}; "
                              f"valid: {list(GRANULARITIES)}")
+        if self.granularity in ("head", "block") and not (isinstance(self.blocks, int) and self.blocks >= 1):
+            raise ValueError(f"granularity {self.granularity!r} in rule {self.pattern!r} needs blocks >= 1, "
+                             f"got {self.blocks!r}")
+        if self.axis not in (0, 1) or (self.granularity == "block" and self.axis != 0):
+            raise ValueError(f"axis must be 0 (rows) or 1 (columns, head granularity only) in rule "
+                             f"{self.pattern!r}, got {self.axis!r}")
         if self.candidates is not None:
             self.candidates = _check_candidates(self.candidates)
 

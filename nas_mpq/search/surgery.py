@@ -17,11 +17,11 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from ..plan import Budget, GroupPlan, PrecisionPlan
+from ..plan import Budget, GroupPlan, PrecisionPlan, layers
 from ..quant import make_quantizer
 from .choice import GumbelSampler, MixedPrecisionChoice
 from .knapsack import repair_plan
-from .layers import SEARCHABLE, SearchableMixin, SearchLSTM
+from .layers import SEARCHABLE, BlockSplit, SearchableMixin, SearchConv2d, SearchEmbedding, SearchLSTM
 from .space import SearchSpace
 
 _SAMPLER = "_nas_mpq_sampler"
@@ -57,7 +57,7 @@ def _group_candidates(space: SearchSpace, module_name: str, key: str,
 def prepare_search_(model: nn.Module, space: SearchSpace, *,
                     candidates: Mapping[str, list[int]] | None = None,
                     sampler: GumbelSampler | None = None) -> nn.Module:
-    """Replace every searchable layer (Linear, Embedding, LSTM) of `model` in place by its
+    """Replace every searchable layer (Linear, Embedding, LSTM, Conv2d) of `model` in place by its
     searchable subclass, with one choice per weight group. `candidates` overrides the space's
     candidates per group name (apply_plan_ passes one bit-width each). Parameters shared between
     layers (tied embedding/output) form one group. Every forward of the model then draws fresh
@@ -79,16 +79,36 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
         if cls is SearchLSTM:
             granularity = (rule.granularity if rule and rule.granularity else "gate")
             new = SearchLSTM.from_float(mod, make_choice, granularity)
+        elif rule is not None and rule.granularity in ("head", "block"):
+            if cls is SearchEmbedding:
+                raise ValueError(f"granularity {rule.granularity!r} (rule {rule.pattern!r}) does not apply "
+                                 f"to the embedding {module_name!r}")
+            split = BlockSplit(rule.blocks, rule.axis, "h" if rule.granularity == "head" else "b")
+            new = cls.from_float(mod, make_choice, shared, split)
         else:
             new = cls.from_float(mod, make_choice, shared)
             by_param.setdefault(id(mod.weight), new.choices["weight"])
         _set_submodule(model, module_name, new)
+    _record_positions(model)
     searched = [g.choice for g in search_groups(model) if g.choice.theta is not None]
     if searched:
         sampler = sampler or GumbelSampler()
         setattr(model, _SAMPLER, sampler)
         setattr(model, _HOOK, model.register_forward_pre_hook(partial(_resample, sampler, searched)))
     return model
+
+
+@torch.no_grad()
+def _record_positions(model: nn.Module) -> None:
+    """Convolutions learn their output size (for MACs) from one forward of the model's
+    `example_input(1)`, when it has one."""
+    convs = [m for m in model.modules() if isinstance(m, SearchConv2d)]
+    if not convs or not hasattr(model, "example_input"):
+        return
+    was_training = model.training
+    model.eval()
+    model(*model.example_input(1))
+    model.train(was_training)
 
 
 def _resample(sampler: GumbelSampler, choices: list[MixedPrecisionChoice],
@@ -134,13 +154,13 @@ def search_groups(model: nn.Module) -> list[SearchGroup]:
             if id(choice) in seen:
                 continue
             seen.add(id(choice))
-            param, rows = mod.slices[key]
-            w = getattr(mod, param)
-            numel = w[rows[0]:rows[1]].numel() if rows else w.numel()
-            scales = max(q.num_scales(w.shape if rows is None else (rows[1] - rows[0],) + tuple(w.shape[1:]))
-                         for q in choice.quantizers) or 1
-            gp = GroupPlan(names[id(w)], rows, numel, choice.argmax_bits(), scales,
-                           tuple(choice.probs().tolist()))
+            where = mod.slices[key]
+            w = getattr(mod, where.param)
+            part = where.of(w)
+            scales = max(q.num_scales(part.shape) for q in choice.quantizers) or 1
+            macs = None if mod.positions is None else part.numel() * mod.positions
+            gp = GroupPlan(names[id(w)], where.rows, part.numel(), choice.argmax_bits(), scales,
+                           tuple(choice.probs().tolist()), where.axis, macs)
             out.append(SearchGroup(f"{module_name}.{key}", mod, key, choice, gp))
     return out
 
@@ -149,7 +169,7 @@ def fixed_numel(model: nn.Module) -> int:
     """Parameters outside every searched group (biases, norms, excluded layers), counted once;
     theta and quantizer scales are not model weights (scales are counted with their group)."""
     groups = search_groups(model)
-    searched = {id(getattr(g.module, g.module.slices[g.key][0])) for g in groups}
+    searched = {id(getattr(g.module, g.module.slices[g.key].param)) for g in groups}
     machinery = {id(p) for g in groups for p in g.choice.parameters()}
     return sum(p.numel() for p in _unique_parameters(model)
                if id(p) not in searched and id(p) not in machinery)
@@ -168,9 +188,21 @@ def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = No
     plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),
                          {g.name: g.plan for g in groups}, fixed_numel(model), budget)
     if budget is None:
-        return plan
+        return _keep_every_layer(plan, {g.name: g.choice for g in groups})
     return repair_plan(plan, {g.name: g.choice.candidates for g in groups},
                        {g.name: g.choice.probs().tolist() for g in groups}, min_fill)
+
+
+def _keep_every_layer(plan: PrecisionPlan, choices: Mapping[str, MixedPrecisionChoice]) -> PrecisionPlan:
+    """An argmax plan that prunes every group of a layer gets back the group and bit-width the
+    search found most likely among the non-zero choices of that layer."""
+    bits = plan.bits
+    for names in layers(plan.groups).values():
+        if all(bits[n] == 0 for n in names):
+            _, name, b = max((p, n, b) for n in names
+                             for b, p in zip(choices[n].candidates, choices[n].probs().tolist()) if b != 0)
+            bits[name] = b
+    return plan.with_bits(bits)
 
 
 def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> None:
@@ -180,8 +212,8 @@ def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace
     missing = sorted(set(expected) - set(plan.groups))
     extra = sorted(set(plan.groups) - set(expected))
     shape = sorted(n for n in set(expected) & set(plan.groups)
-                   if (expected[n].param, expected[n].rows, expected[n].numel)
-                   != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].numel))
+                   if (expected[n].param, expected[n].rows, expected[n].axis, expected[n].numel)
+                   != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].axis, plan.groups[n].numel))
     if missing or extra or shape:
         raise ValueError(
             "the plan does not match the model: "

@@ -2,7 +2,7 @@
 perturbation metric (ALGORITHMS.md section 5).
 
 One Hessian-vector product serves every group: with v Rademacher over all searched parameters,
-Tr(H_g) ~ E[<v_g, (Hv)_g>] where the subscript slices the group's rows. Samples are drawn until the
+Tr(H_g) ~ E[<v_g, (Hv)_g>] where the subscript takes the group's slice. Samples are drawn until the
 relative change of the running means (L1 over groups) is below `tol` (after `min_samples`), at
 most `max_samples`, on each of the given batches; the traces are averaged over batches.
 
@@ -56,9 +56,7 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[objec
             moved = size = 0.0
             for n, g in groups.items():
                 i = index[id(model.get_parameter(g.param))]
-                vi, hvi = v[i], hv[i]
-                if g.rows is not None:
-                    vi, hvi = vi[g.rows[0]:g.rows[1]], hvi[g.rows[0]:g.rows[1]]
+                vi, hvi = g.view(v[i]), g.view(hv[i])
                 sample = float((vi * hvi).sum())
                 new = means[n] + (sample - means[n]) / k
                 moved, size = moved + abs(new - means[n]), size + abs(new)
