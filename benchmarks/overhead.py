@@ -1,8 +1,10 @@
 """Cost of a supernet step relative to an FP32 training step, in one process.
 
-On the Tiny Shakespeare LSTM LM (2 x 256 LSTM, 10k vocabulary, batches 32 x 35 of the real corpus),
-with candidates {1, 2, 4, 8, 32} on every group (18 groups), it measures per step (forward, loss,
-backward, Adam step):
+On one of the search spaces with candidates {1, 2, 4, 8, 32} on every group (--space): the Tiny
+Shakespeare LSTM LM (2 x 256 LSTM, 10k vocabulary, batches 32 x 35 of the real corpus, 18 groups),
+the Tiny Shakespeare Transformer LM (2 layers, d_model 128, per-head groups, batches 32 x 64) or
+the digits CNN (width 16, batches of 64 images), it measures per step (forward, loss, backward,
+Adam step):
   fp32          the float model;
   supernet      the same model with a soft Gumbel-softmax choice per group: one composite weight
                 per layer, one forward;
@@ -17,7 +19,7 @@ every 0.2 ms from /proc/self/statm) above the resident size before the model was
 free heap memory handed back to the OS (malloc_trim) before each configuration.
 Prints JSON; goals: supernet/fp32 step ratio <= 1.15, memory ratio <= 1.3.
 
-    python benchmarks/overhead.py [--steps 15]
+    python benchmarks/overhead.py [--space lstm_lm|transformer_lm|cnn] [--steps 15]
 """
 from __future__ import annotations
 
@@ -30,98 +32,133 @@ import os
 import statistics
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from pytorch_lightning import LightningDataModule
+from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from nas_mpq.data import LMDataModule
-from nas_mpq.search import GumbelSampler, get_sampler, prepare_search_, search_groups
+from nas_mpq.data import DigitsDataModule, LMDataModule
+from nas_mpq.lit import batch_logits
+from nas_mpq.search import GumbelSampler, SearchSpace, get_sampler, prepare_search_, search_groups
+from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
+from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
 
 CANDIDATES = [1, 2, 4, 8, 32]
 Step = Callable[[tuple], None]
 
 
-def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+@dataclass
+class Setup:
+    """A search space's benchmark model, its space and its data."""
+
+    describe: str
+    make_net: Callable[[], nn.Module]
+    space: SearchSpace
+    data: LightningDataModule
 
 
-def make_net(vocab: int) -> LSTMLM:
+def setup(name: str) -> Setup:
+    if name == "cnn":
+        return Setup("cnn ResNet width 16 (3 stages), digits 8x8, batch 64", lambda: ResNetCNN(10, width=16),
+                     cnn_space(CANDIDATES), DigitsDataModule(batch_size=64))
+    bptt = 64 if name == "transformer_lm" else 35
+    dm = LMDataModule("tinyshakespeare", max_vocab=10000, batch_size=32, bptt=bptt)
+    vocab = dm.vocab_size
+    if name == "transformer_lm":
+        return Setup(f"transformer_lm 2 layers d128 4 heads, per-head groups, vocab {vocab}, batch 32x64",
+                     lambda: TransformerLM(vocab, 128, 4, 2, max_len=64, dropout=0.2),
+                     transformer_lm_space(CANDIDATES, granularity="head", blocks=4), dm)
+    return Setup(f"lstm_lm 2x256, vocab {vocab}, batch 32x35", lambda: LSTMLM(vocab, 256, 256, 2, dropout=0.5),
+                 lstm_lm_space(CANDIDATES), dm)
+
+
+def loss_of(net: nn.Module, batch: tuple) -> torch.Tensor:
+    logits, y, _ = batch_logits(net, batch, None)
+    return F.cross_entropy(logits, y)
+
+
+def make_net(s: Setup) -> nn.Module:
     torch.manual_seed(0)
-    return LSTMLM(vocab, 256, 256, 2, dropout=0.5).train()
+    return s.make_net().train()
 
 
-def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer) -> Step:
+def train_step(net: nn.Module, opt: torch.optim.Optimizer) -> Step:
     """Forward, loss, backward and optimizer step on one batch."""
     def step(batch: tuple) -> None:
-        x, y, _ = batch
-        loss = lm_loss(net(x)[0], y)
+        loss = loss_of(net, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return step
 
 
-def fp32_step(vocab: int) -> Step:
-    net = make_net(vocab)
+def fp32_step(s: Setup) -> Step:
+    net = make_net(s)
     return train_step(net, torch.optim.Adam(net.parameters(), lr=1e-3))
 
 
-def supernet(vocab: int) -> tuple[LSTMLM, list, list]:
-    net = prepare_search_(make_net(vocab), lstm_lm_space(CANDIDATES), sampler=GumbelSampler(tau=1.0))
+def supernet(s: Setup) -> tuple[nn.Module, list, list]:
+    net = prepare_search_(make_net(s), s.space, sampler=GumbelSampler(tau=1.0))
     theta = [g.choice.theta for g in search_groups(net)]
     weights = [p for p in net.parameters() if all(p is not t for t in theta)]
     return net, weights, theta
 
 
-def supernet_step(vocab: int) -> Step:
-    net, weights, theta = supernet(vocab)
+def supernet_step(s: Setup) -> Step:
+    net, weights, theta = supernet(s)
     return train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
 
 
-def bilevel_step(vocab: int, search_batch: tuple) -> Step:
-    net, weights, theta = supernet(vocab)
+def bilevel_step(s: Setup, search_batch: tuple) -> Step:
+    net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
 
     def step(batch: tuple) -> None:
-        for (x, y, _), opt in ((search_batch, a_opt), (batch, w_opt)):
+        for b, opt in ((search_batch, a_opt), (batch, w_opt)):
             w_opt.zero_grad()
             a_opt.zero_grad()
-            lm_loss(net(x)[0], y).backward()
+            loss_of(net, b).backward()
             opt.step()
     return step
 
 
-def kpath_step(vocab: int) -> Step:
+def kpath_step(s: Setup) -> Step:
     """K full forward passes with every group at candidate k, logits mixed by one sample y."""
-    net = prepare_search_(make_net(vocab), lstm_lm_space(CANDIDATES))
+    net = prepare_search_(make_net(s), s.space)
     groups = search_groups(net)
     sampler = get_sampler(net)
     theta = torch.zeros(len(CANDIDATES), requires_grad=True)
-    float_net = make_net(vocab)
+    float_net = make_net(s)
     params = dict(float_net.named_parameters())
     opt = torch.optim.Adam([*float_net.parameters(), theta], lr=1e-3)
 
     def quantized(k: int) -> dict[str, torch.Tensor]:
         out = dict(params)
+        parts: dict[str, list] = {}
         for g in groups:
             w = params[g.plan.param]
             q = g.choice.quantizers[k]
             if g.plan.rows is None:
                 out[g.plan.param] = q(w)
-            else:  # gates are row slices: quantize each, then reassemble the tensor
-                out.setdefault(f"__parts:{g.plan.param}", []).append(q(g.plan.view(w)))
-        for name in [n for n in out if n.startswith("__parts:")]:
-            out[name.split(":", 1)[1]] = torch.cat(out.pop(name), dim=0)
+            else:  # gates, heads: quantize each slice, then reassemble the tensor
+                parts.setdefault(g.plan.param, []).append((g.plan.rows[0], g.plan.axis, q(g.plan.view(w))))
+        for name, pieces in parts.items():
+            pieces.sort(key=lambda p: p[0])
+            out[name] = torch.cat([p[2] for p in pieces], dim=pieces[0][1])
         return out
 
     def step(batch: tuple) -> None:
-        x, y, _ = batch
         mix = sampler.sample(theta)
-        logits = sum(mix[k] * functional_call(float_net, quantized(k), (x,))[0] for k in range(len(CANDIDATES)))
-        loss = lm_loss(logits, y)
+        logits, y = 0.0, None
+        for k in range(len(CANDIDATES)):
+            logits_k, y, _ = batch_logits(lambda *a: functional_call(float_net, quantized(k), a), batch, None)
+            logits = logits + mix[k] * logits_k
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -176,17 +213,17 @@ def peak_memory(build: Callable[[], Step], batches: list[tuple]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", default="lstm_lm", choices=["lstm_lm", "transformer_lm", "cnn"])
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
-    dm = LMDataModule("tinyshakespeare", max_vocab=10000, batch_size=32, bptt=35)
-    loader = iter(dm.train_dataloader())
+    s = setup(args.space)
+    loader = iter(s.data.train_dataloader())
     batches = [next(loader) for _ in range(args.warmup + args.steps)]
-    search_batch = next(iter(dm.search_dataloader()))
-    vocab = dm.vocab_size
+    search_batch = next(iter(s.data.search_dataloader()))
     builders: dict[str, Callable[[], Step]] = {
-        "fp32": lambda: fp32_step(vocab), "supernet": lambda: supernet_step(vocab),
-        "bilevel": lambda: bilevel_step(vocab, search_batch), "kpath": lambda: kpath_step(vocab),
+        "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
+        "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
     }
     memory = {name: peak_memory(build, batches) for name, build in builders.items()}
 
@@ -199,9 +236,9 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
+    groups = len(search_groups(prepare_search_(make_net(s), s.space)))
     print(json.dumps({
-        "model": "lstm_lm 2x256, vocab %d, batch 32x35, candidates %s, %d groups" % (
-            vocab, CANDIDATES, len(search_groups(prepare_search_(make_net(vocab), lstm_lm_space())))),
+        "model": f"{s.describe}, candidates {CANDIDATES}, {groups} groups",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},

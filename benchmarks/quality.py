@@ -1,5 +1,5 @@
-"""Test perplexity of FP32, uniform-precision and searched mixed-precision models, each finalized
-the same way, at one or more average-bit budgets. Every stage runs through the `nas-mpq` CLI in
+"""Test perplexity (and accuracy, for a classifier) of FP32, uniform-precision and searched
+mixed-precision models, each finalized the same way, at one or more average-bit budgets. Every stage runs through the `nas-mpq` CLI in
 its own directory under --run_dir (a stage whose result exists is reused, so an interrupted run
 continues):
 
@@ -13,6 +13,8 @@ Prints JSON.
 
     python benchmarks/quality.py --budgets 2.0 --methods ste            # issue figures at 16x
     python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
+    python benchmarks/quality.py --configs configs/shakespeare_transformer --run_dir runs/bench-transformer --methods ste
+    python benchmarks/quality.py --configs configs/digits_cnn --run_dir runs/bench-cnn --methods ste
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from nas_mpq.pipeline import uniform_bits_for
 from nas_mpq.plan import PrecisionPlan
 
-KEYS = ("test_ppl", "val_ppl", "epochs_to_best_val", "avg_bits", "compression", "size_bits")
+KEYS = ("test_ppl", "val_ppl", "test_acc", "epochs_to_best_val", "avg_bits", "compression", "size_bits")
 
 
 def stage(args: list[str], run_dir: Path, result: str, timings: dict[str, float]) -> dict:
@@ -49,7 +51,7 @@ def main() -> None:
     timings: dict[str, float] = {}
     fp32 = stage(["pretrain", "--config", str(cfg / "pretrain.yaml")], root / "fp32", "model.ckpt", timings)
     init = ["--init_ckpt", str(root / "fp32" / "model.ckpt")]
-    out: dict = {"configs": str(cfg), "fp32": {k: fp32[k] for k in ("test_ppl", "val_ppl")}, "budgets": {}}
+    out: dict = {"configs": str(cfg), "fp32": {k: fp32[k] for k in ("test_ppl", "val_ppl", "test_acc") if k in fp32}, "budgets": {}}
     for budget in args.budgets:
         name = f"avg{budget:g}"
         search = stage(["search", "--config", str(cfg / "search.yaml"), "--model.budget.value", str(budget), *init],
@@ -67,8 +69,8 @@ def main() -> None:
                           root / f"{method}-{name}", "model.safetensors", timings)
             uniform = stage([*finalize, "--plan", str(uniform_plan), "--model.method", method],
                             root / f"uniform{bits}-{method}", "model.safetensors", timings)
-            entry[f"mixed_{method}"] = {k: mixed.get(k) for k in KEYS}
-            entry[f"uniform{bits}_{method}"] = {k: uniform.get(k) for k in KEYS}
+            entry[f"mixed_{method}"] = {k: mixed[k] for k in KEYS if k in mixed}
+            entry[f"uniform{bits}_{method}"] = {k: uniform[k] for k in KEYS if k in uniform}
         out["budgets"][name] = entry
     out["seconds"] = timings
     print(json.dumps(out, indent=1))
