@@ -25,8 +25,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/overhead.py --space transformer_lm
+	$(BIN)/python benchmarks/overhead.py --space cnn
 	$(BIN)/python benchmarks/hessian.py
 	$(BIN)/python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
+	$(BIN)/python benchmarks/quality.py --configs configs/shakespeare_transformer --run_dir runs/bench-transformer --methods ste
+	$(BIN)/python benchmarks/quality.py --configs configs/digits_cnn --run_dir runs/bench-cnn --budgets 2.0 1.2 --methods ste
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

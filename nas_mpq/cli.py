@@ -208,7 +208,8 @@ def run_search(argv: list[str], callbacks: list[Any] = ()) -> int:
                "budget": {"kind": module.budget.kind, "value": module.budget.value},
                "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
                "compression": r.compression, "avg_bits": r.avg_bits,
-               "bits_used": sorted(set(plan.bits.values()))}
+               "bits_used": sorted(set(plan.bits.values())),
+               **({"activation_bits": plan.activation_bits} if plan.activations else {})}
     print(plan.summary_table())
     cli.finish(metrics, plan)
     return 0

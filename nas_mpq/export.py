@@ -3,7 +3,8 @@ at the planned bits (uint8) and its scale(s); every unsearched tensor in float32
 metadata the plan, the search space and the network's constructor arguments.
 
 Tensors: `<group>.codes` (uint8) + `<group>.scale` (float32) for 1-8 bits, `<group>.values`
-(float16 / float32) for 16 / 32 bits, nothing for 0 bits; `param.<name>` for unsearched tensors.
+(float16 / float32) for 16 / 32 bits, nothing for 0 bits; `param.<name>` for unsearched tensors,
+among them the clipping value of every quantized layer input (`<layer>.input_choice.*`).
 The data takes plan.size_bits / 8 bytes up to the rounding of each group to whole bytes.
 
 Example:
@@ -24,7 +25,7 @@ from torch import nn
 
 from .plan import GroupPlan, PrecisionPlan
 from .quant.packing import pack_codes, unpack_codes
-from .search import check_plan_matches
+from .search import attach_input_choices_, check_plan_matches
 from search_spaces import get_search_space
 
 MODEL_FORMAT = "nas-mpq.model/1"
@@ -94,13 +95,16 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 def load_quantized(path: str | Path) -> nn.Module:
     """Rebuild the network from the search-space registry and the file: a float module (eval mode)
-    whose quantized weights are exactly scale x code."""
+    whose quantized weights are exactly scale x code, with the plan's activation quantizers in
+    front of their layers."""
     path = Path(path)
     header = read_header(path)
     plan: PrecisionPlan = header["plan"]
     entry = get_search_space(plan.search_space)
     net = entry.build(**header["model_args"])
     check_plan_matches(net, plan, entry.space(**header["space_args"]))
+    # activation quantizers of the plan; their clipping values are among the stored tensors
+    attach_input_choices_(net, {n: [a.bits] for n, a in plan.activations.items()})
     try:
         with safe_open(str(path), framework="pt") as f:
             stored = {k: f.get_tensor(k) for k in f.keys()}

@@ -155,7 +155,8 @@ def build_report(fp32: dict | None, search: dict, mixed: dict, uniform: dict | N
         "fp32": {"test_ppl": fp32["test_ppl"] if fp32 else None, "val_ppl": fp32["val_ppl"] if fp32 else None,
                  **({"test_acc": fp32["test_acc"]} if fp32 and "test_acc" in fp32 else {}),
                  "size_bits": r.fp32_size_bits},
-        "search": {"val_ppl_history": search["val_ppl_history"], "bits_used": search["bits_used"]},
+        "search": {"val_ppl_history": search["val_ppl_history"], "bits_used": search["bits_used"],
+                   **({"activation_bits": search["activation_bits"]} if search.get("activation_bits") else {})},
         "mixed": {"test_ppl": None, **_quantized(mixed), "size_mb": r.size_bits / 8e6},
         "uniform": None if uniform is None else {"bits": uniform["bits"], **_quantized(uniform)},
         "budget": None if plan.budget is None else {"kind": plan.budget.kind, "value": plan.budget.value},
@@ -189,6 +190,9 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
     lines += [f"| {n} | {_fmt(p)} |" + (f" {_fmt(None if acc is None else 100 * acc)} % |" if accuracy else "")
               + f" {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, acc, s, c, a in rows]
     hist = ", ".join(f"{v:.1f}" for v in report["search"]["val_ppl_history"])
+    acts = report["search"].get("activation_bits")
+    if acts:
+        lines += ["", "Layer input bits: " + ", ".join(f"{n} {b}" for n, b in acts.items())]
     lines += ["", f"Supernet val perplexity per epoch: {hist}", "",
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",
               "![bits per group](search/plan.png)", ""]

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .quant.activation import check_activation_bits
 from .quant.functional import check_bits
 
 PLAN_FORMAT = "nas-mpq.plan/2"
 READABLE_FORMATS = ("nas-mpq.plan/1", PLAN_FORMAT)
-"""Version 2 added a group's `axis` (column slices) and `macs` (for BitOps budgets) and the budget
-kind "bitops"; a version-1 file reads as version 2 without them."""
+"""Version 2 added a group's `axis` (column slices), `macs` and `layer` (for BitOps budgets), the
+budget kind "bitops" and `activations` (input bit-width per layer); a version-1 file reads as
+version 2 without them."""
 BUDGET_KINDS = ("avg_bits", "compression", "size_mb", "bitops")
 SCALE_BITS = 32
 FLOAT_BITS = 32
 ACTIVATION_BITS = 32
-"""Bit-width of the activations a weight meets in a BitOps count (activations stay FP32)."""
+"""Bit-width of the activations a weight meets in a BitOps count unless the plan quantizes its
+layer's input."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class GroupPlan:
     probs: tuple[float, ...] | None = None
     axis: int = 0
     macs: int | None = None
+    layer: str | None = None
 
     def view(self, weight: Any) -> Any:
         """The group's part of its parameter tensor `weight` (a view, no copy)."""
@@ -65,6 +69,14 @@ class GroupPlan:
         """Storage of the group at `bits` (its own bits by default): codes plus scales."""
         b = self.bits if bits is None else bits
         return self.numel * b + SCALE_BITS * self.scale_count(b)
+
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    """The input bit-width of one Linear/Conv2d layer (and the search's probabilities)."""
+
+    bits: int
+    probs: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,15 +117,15 @@ class Budget:
         if not (isinstance(self.value, (int, float)) and self.value > 0 and math.isfinite(self.value)):
             raise ValueError(f"budget value must be a positive number, got {self.value!r}")
 
-    def group_cost(self, group: GroupPlan, bits: int) -> int:
-        """The budget's measure for one group at `bits`."""
+    def group_cost(self, group: GroupPlan, bits: int, act_bits: int = ACTIVATION_BITS) -> int:
+        """The budget's measure for one group at `bits` (its layer's input at `act_bits`)."""
         if self.kind == "avg_bits":
             return group.numel * bits
         if self.kind == "bitops":
             if group.macs is None:
                 raise ValueError("a bitops budget needs the MACs of every group; this plan has none "
                                  "(it was made without them, e.g. by format version 1)")
-            return group.macs * bits * ACTIVATION_BITS
+            return group.macs * bits * act_bits
         return group.cost_bits(bits)
 
     def fixed_cost(self, fixed_numel: int) -> int:
@@ -131,17 +143,25 @@ class Budget:
             return self.value
         return self.value * 8e6
 
-    def measure(self, groups: Iterable[GroupPlan], fixed_numel: int) -> float:
-        groups = list(groups)
-        return sum(self.group_cost(g, g.bits) for g in groups) + self.fixed_cost(fixed_numel)
+    def measure(self, groups: Iterable[GroupPlan], fixed_numel: int,
+                act_bits: Mapping[str, int] | None = None) -> float:
+        """The budget's measure of a plan (`act_bits`: input bit-width per layer, 32 if absent)."""
+        act_bits = act_bits or {}
+        return (sum(self.group_cost(g, g.bits, act_bits.get(g.layer, ACTIVATION_BITS)) for g in groups)
+                + self.fixed_cost(fixed_numel))
 
     def check_feasible(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
-                       candidates: Mapping[str, Iterable[int]]) -> None:
-        """Raise ValueError if even the plan with every group at its lowest candidate exceeds
-        the budget, naming the smallest budget that can be met. A layer whose groups may all be
-        pruned (0 bits) keeps one group at its cheapest other candidate."""
+                       candidates: Mapping[str, Iterable[int]],
+                       act_candidates: Mapping[str, Iterable[int]] | None = None) -> None:
+        """Raise ValueError if even the plan with every group at its lowest candidate (and every
+        searched layer input at its lowest) exceeds the budget, naming the smallest budget that
+        can be met. A layer whose groups may all be pruned (0 bits) keeps one group at its
+        cheapest other candidate."""
+        act_candidates = act_candidates or {}
+
         def cheapest(n: str, allow_zero: bool = True) -> int:
-            return min(self.group_cost(groups[n], b) for b in candidates[n] if allow_zero or b != 0)
+            act = min(act_candidates.get(groups[n].layer, [ACTIVATION_BITS]))
+            return min(self.group_cost(groups[n], b, act) for b in candidates[n] if allow_zero or b != 0)
 
         least = sum(cheapest(n) for n in groups) + self.fixed_cost(fixed_numel)
         for names in layers(groups).values():
@@ -183,9 +203,12 @@ class PrecisionPlan:
     fixed_numel: int
     budget: Budget | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, ActivationPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.candidates = [check_bits(b) for b in self.candidates]
+        for a in self.activations.values():
+            check_activation_bits(a.bits)
         for name, g in self.groups.items():
             check_bits(g.bits)
             if g.numel <= 0:
@@ -195,6 +218,11 @@ class PrecisionPlan:
     def bits(self) -> dict[str, int]:
         return {n: g.bits for n, g in self.groups.items()}
 
+    @property
+    def activation_bits(self) -> dict[str, int]:
+        """Input bit-width per layer whose activations the plan quantizes."""
+        return {n: a.bits for n, a in self.activations.items()}
+
     def size(self) -> SizeReport:
         return plan_size(self.groups.values(), self.fixed_numel)
 
@@ -202,12 +230,15 @@ class PrecisionPlan:
         if self.budget is None:
             return True
         gs = list(self.groups.values())
-        return self.budget.measure(gs, self.fixed_numel) <= self.budget.capacity(gs, self.fixed_numel) + 1e-6
+        measure = self.budget.measure(gs, self.fixed_numel, self.activation_bits)
+        return measure <= self.budget.capacity(gs, self.fixed_numel) + 1e-6
 
-    def with_bits(self, bits: Mapping[str, int]) -> "PrecisionPlan":
+    def with_bits(self, bits: Mapping[str, int], act_bits: Mapping[str, int] | None = None) -> "PrecisionPlan":
+        """The plan with new weight bits (and, for the layers in `act_bits`, new input bits)."""
         groups = {n: replace(g, bits=check_bits(bits[n])) for n, g in self.groups.items()}
+        acts = {n: replace(a, bits=(act_bits or {}).get(n, a.bits)) for n, a in self.activations.items()}
         return PrecisionPlan(self.search_space, self.candidates, groups, self.fixed_numel,
-                             self.budget, dict(self.extra))
+                             self.budget, dict(self.extra), acts)
 
     # ---- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +251,8 @@ class PrecisionPlan:
                 d["axis"] = g.axis
             if g.macs is not None:
                 d["macs"] = g.macs
+            if g.layer is not None:
+                d["layer"] = g.layer
             if g.probs is not None:
                 d["probs"] = [round(float(p), 6) for p in g.probs]
             groups[n] = d
@@ -228,7 +261,11 @@ class PrecisionPlan:
             "budget": None if self.budget is None else {"kind": self.budget.kind, "value": self.budget.value},
             "groups": groups, "fixed_numel": self.fixed_numel,
             "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
-            "compression": r.compression, "avg_bits": r.avg_bits, **self.extra,
+            "compression": r.compression, "avg_bits": r.avg_bits,
+            **({"activations": {n: {"bits": a.bits, **({"probs": [round(float(p), 6) for p in a.probs]}
+                                                       if a.probs is not None else {})}
+                                for n, a in self.activations.items()}} if self.activations else {}),
+            **self.extra,
         }
 
     @classmethod
@@ -240,13 +277,15 @@ class PrecisionPlan:
             groups = {n: GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None,
                                    int(g["numel"]), int(g["bits"]), int(g.get("scales", 1)),
                                    tuple(g["probs"]) if g.get("probs") else None, int(g.get("axis", 0)),
-                                   int(g["macs"]) if g.get("macs") is not None else None)
+                                   int(g["macs"]) if g.get("macs") is not None else None, g.get("layer"))
                       for n, g in d["groups"].items()}
+            acts = {n: ActivationPlan(int(a["bits"]), tuple(a["probs"]) if a.get("probs") else None)
+                    for n, a in (d.get("activations") or {}).items()}
             budget = Budget(**d["budget"]) if d.get("budget") else None
             known = {"format", "search_space", "candidates", "budget", "groups", "fixed_numel",
-                     "size_bits", "fp32_size_bits", "compression", "avg_bits"}
+                     "size_bits", "fp32_size_bits", "compression", "avg_bits", "activations"}
             plan = cls(d["search_space"], list(d["candidates"]), groups, int(d["fixed_numel"]),
-                       budget, {k: v for k, v in d.items() if k not in known})
+                       budget, {k: v for k, v in d.items() if k not in known}, acts)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed plan, missing or bad field {e}") from None
         r = plan.size()
@@ -281,4 +320,7 @@ class PrecisionPlan:
         r = self.size()
         lines.append(f"\nsize {r.size_bits / 8e6:.4f} MB, {r.compression:.2f}x vs FP32, "
                      f"avg {r.avg_bits:.3f} bits over searched weights")
+        if self.activations:
+            lines.append("\n| layer input | bits |\n|---|---:|")
+            lines += [f"| {n} | {a.bits} |" for n, a in self.activations.items()]
         return "\n".join(lines)

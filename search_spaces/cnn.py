@@ -19,7 +19,8 @@ GRANULARITIES = ("tensor", "block")
 
 
 def cnn_space(candidates: list[int] | None = None, granularity: str = "tensor", blocks: int | None = None,
-              prune: bool = False, method: str = "uniform", per_channel: bool = False) -> SearchSpace:
+              prune: bool = False, method: str = "uniform", per_channel: bool = False,
+              activation_candidates: list[int] | None = None) -> SearchSpace:
     """`granularity="block"` splits every convolution's output channels into `blocks` groups."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r} for cnn; valid: {list(GRANULARITIES)}")
@@ -32,7 +33,8 @@ def cnn_space(candidates: list[int] | None = None, granularity: str = "tensor", 
                            candidates=sorted(set(cands) | {0}) if prune else cands)]
     elif prune:
         raise ValueError("prune needs granularity 'block' (a whole layer is never pruned)")
-    return SearchSpace("cnn", cands, rules=rules, method=method, per_channel=per_channel)
+    return SearchSpace("cnn", cands, rules=rules, method=method, per_channel=per_channel,
+                       activation_candidates=activation_candidates)
 
 
 class ResidualBlock(nn.Module):
@@ -54,7 +56,8 @@ class ResidualBlock(nn.Module):
 
 
 @register_search_space("cnn", cnn_space, example_args={"num_classes": 10, "width": 4, "image_size": 8},
-                       example_space={"granularity": "block", "blocks": 2, "prune": True, "per_channel": True})
+                       example_space={"granularity": "block", "blocks": 2, "prune": True, "per_channel": True,
+                                      "activation_candidates": [2, 4, 32]})
 class ResNetCNN(nn.Module):
     """Stem conv -> residual stages (widths w, 2w, 4w; the later ones stride 2) -> global average
     pool -> linear classifier.

@@ -14,11 +14,13 @@ DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
 
 
 def lstm_lm_space(candidates: list[int] | None = None, granularity: str = "gate",
-                  method: str = "uniform", per_channel: bool = False) -> SearchSpace:
+                  method: str = "uniform", per_channel: bool = False,
+                  activation_candidates: list[int] | None = None) -> SearchSpace:
     """The default space; `granularity="tensor"` gives one group per LSTM weight instead."""
     return SearchSpace("lstm_lm", list(candidates or DEFAULT_CANDIDATES),
                        rules=[GroupRule("rnn", granularity=granularity)],
-                       method=method, per_channel=per_channel)
+                       method=method, per_channel=per_channel,
+                       activation_candidates=activation_candidates)
 
 
 @register_search_space("lstm_lm", lstm_lm_space,

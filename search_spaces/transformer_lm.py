@@ -20,7 +20,8 @@ GRANULARITIES = ("tensor", "head")
 
 def transformer_lm_space(candidates: list[int] | None = None, granularity: str = "tensor",
                          blocks: int | None = None, prune: bool = False, method: str = "uniform",
-                         per_channel: bool = False) -> SearchSpace:
+                         per_channel: bool = False,
+                         activation_candidates: list[int] | None = None) -> SearchSpace:
     """`granularity="head"` gives per-head groups for Q, K, V and O; `blocks` is then the
     network's number of heads. `prune` adds the 0-bit candidate to the per-head groups (a head
     can be removed; never every head of a projection)."""
@@ -36,7 +37,8 @@ def transformer_lm_space(candidates: list[int] | None = None, granularity: str =
                  GroupRule("*.attn.o", granularity="head", blocks=blocks, axis=1, candidates=heads)]
     elif prune:
         raise ValueError("prune needs granularity 'head' (a whole projection is never pruned)")
-    return SearchSpace("transformer_lm", cands, rules=rules, method=method, per_channel=per_channel)
+    return SearchSpace("transformer_lm", cands, rules=rules, method=method, per_channel=per_channel,
+                       activation_candidates=activation_candidates)
 
 
 class CausalSelfAttention(nn.Module):
@@ -76,7 +78,8 @@ class Block(nn.Module):
 @register_search_space("transformer_lm", transformer_lm_space,
                        example_args={"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 2,
                                      "max_len": 16, "dropout": 0.0},
-                       example_space={"granularity": "head", "blocks": 2, "prune": True})
+                       example_space={"granularity": "head", "blocks": 2, "prune": True,
+                                      "activation_candidates": [4, 8, 32]})
 class TransformerLM(nn.Module):
     """Token + learned position embeddings -> `num_layers` pre-LN blocks -> LayerNorm -> softmax
     layer. The forward takes and returns a hidden state like the LSTM LM (always None: each BPTT

@@ -1,13 +1,14 @@
 """`nas-mpq run` and `nas-mpq evaluate` end to end on the Transformer LM (per-head groups with
-pruning) and the digits CNN (output-channel blocks, per-channel scales, a BitOps budget), tiny
-limits, ADMM finalize: every exported weight on its table, evaluate reproduces the finalize stage."""
+pruning) and the digits CNN (output-channel blocks, per-channel scales, searched activation
+bit-widths, a BitOps budget), tiny limits, ADMM finalize: every exported weight on its table,
+evaluate reproduces the finalize stage."""
 import json
 
 import pytest
 import yaml
 
 from nas_mpq.cli import main
-from nas_mpq.plan import Budget
+from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import prepare_search_, search_groups
 from search_spaces.cnn import ResNetCNN, cnn_space
 from test_pipeline import check_on_tables
@@ -54,15 +55,20 @@ def test_transformer_lm_per_head_search_with_pruning(corpus_dir, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_digits_cnn_block_search_under_a_bitops_budget(tmp_path, capsys):
+def test_digits_cnn_weight_and_activation_search_under_a_bitops_budget(tmp_path, capsys):
     args = {"num_classes": 10, "width": 4, "image_size": 8}
-    space = {"name": "cnn", "granularity": "block", "blocks": 2, "prune": True, "per_channel": True}
+    space = {"name": "cnn", "granularity": "block", "blocks": 2, "prune": True, "per_channel": True,
+             "activation_candidates": [4, 8, 32]}
     probe = prepare_search_(ResNetCNN(**args), cnn_space(candidates=[32], granularity="block", blocks=2))
     fp32_bitops = Budget("bitops", 1.0).measure([g.plan for g in search_groups(probe)], 0)
-    budget = {"kind": "bitops", "value": fp32_bitops / 12}  # about 2.7 weight bits on average
+    budget = {"kind": "bitops", "value": fp32_bitops / 40}  # e.g. 3.2 weight bits at 8-bit inputs
     net = {"class_path": "search_spaces.cnn.ResNetCNN", "init_args": args}
     data = {"class_path": "nas_mpq.data.DigitsDataModule", "init_args": {"batch_size": 32, "eval_batch_size": 64}}
     report, result = run_and_evaluate(pipeline(net, space, budget, data), tmp_path, capsys)
     assert 0.0 <= result["test_acc"] <= 1.0
     assert result["test_acc"] == pytest.approx(report["mixed"]["test_acc"], abs=1e-9)
     assert "test acc" in (tmp_path / "run" / "report.md").read_text()
+    plan = PrecisionPlan.load(tmp_path / "run" / "search" / "plan.json")
+    assert len(plan.activations) == 10 and set(plan.activation_bits.values()) <= {4, 8, 32}
+    ops = Budget("bitops", 1.0).measure(plan.groups.values(), 0, plan.activation_bits)
+    assert ops <= budget["value"]

@@ -9,8 +9,8 @@ import torch
 
 from nas_mpq.export import load_quantized, save_quantized
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import (apply_plan_, check_plan_matches, derive_plan, prepare_search_, search_groups,
-                            to_float_)
+from nas_mpq.search import (activation_groups, apply_plan_, calibrate_activations_, check_plan_matches,
+                            derive_plan, prepare_search_, search_groups, to_float_)
 from search_spaces import get_search_space, list_search_spaces
 
 CASES = [pytest.param(name, variant, id=f"{name}-{variant}")
@@ -57,11 +57,13 @@ def test_one_hot_choice_equals_the_fixed_plan_model_exactly(name, variant):
     prepare_search_(net, space)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for grp in search_groups(net):
+        for grp in [*search_groups(net), *activation_groups(net)]:
             k = int(torch.randint(len(grp.choice.candidates), (1,), generator=g))
             grp.choice.theta.copy_(torch.nn.functional.one_hot(torch.tensor(k), len(grp.choice.candidates)).float())
     plan = derive_plan(net, space)
     apply_plan_(fixed, plan, space)
+    for model in (net, fixed):  # activation quantizers start from the same batch
+        calibrate_activations_(model, net.example_input(2))
     x = net.example_input(2)
     assert torch.equal(output(net.eval(), x), output(fixed.eval(), x))
 
@@ -78,6 +80,7 @@ def test_plan_and_packed_model_round_trip(name, variant, tmp_path):
     assert layout(back) == layout(plan) and back.size() == plan.size()
     qat = apply_plan_(to_float_(net), back, space)
     check_plan_matches(qat, back, space)
+    calibrate_activations_(qat, qat.example_input(2))
     codes = {g.name: g.choice.quantizers[0].codes(g.plan.view(getattr(g.module, g.module.slices[g.key].param)))
              for g in search_groups(qat)}
     path = save_quantized(tmp_path / "model.safetensors", to_float_(copy.deepcopy(qat)), back, codes,

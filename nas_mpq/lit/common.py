@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from nas_mpq.search import SearchSpace, search_groups
+from nas_mpq.search import SearchSpace, activation_groups, calibrate_activations_, search_groups
 from search_spaces import get_search_space
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -34,6 +34,7 @@ class SpaceConfig:
     per_channel: bool | None = None
     blocks: int | None = None
     prune: bool | None = None
+    activation_candidates: list[int] | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The options set here (what a packed model stores to rebuild the space)."""
@@ -59,8 +60,8 @@ def load_net_weights(net: nn.Module, ckpt_path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"{path} is not a readable Lightning checkpoint ({e})") from None
-    weights = {k[4:]: v for k, v in state.items() if k.startswith("net.") and ".choices." not in k}
-    own = {k: v for k, v in net.state_dict().items() if ".choices." not in k}
+    weights = {k[4:]: v for k, v in state.items() if k.startswith("net.") and not _machinery(k)}
+    own = {k: v for k, v in net.state_dict().items() if not _machinery(k)}
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
     if missing or unexpected or shapes:
@@ -69,11 +70,18 @@ def load_net_weights(net: nn.Module, ckpt_path: str | Path) -> None:
     net.load_state_dict(weights, strict=False)
 
 
+def _machinery(key: str) -> bool:
+    """State-dict keys of the search machinery (weight and input choices), not network weights."""
+    return ".choices." in key or "input_choice." in key
+
+
 def weight_param_groups(net: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
-    """Optimizer parameter groups: the network's weights, then its quantizer scales (LSQ) without
-    weight decay; parameters in `exclude` (the choices' theta) are left out."""
+    """Optimizer parameter groups: the network's weights, then its quantizer scales (LSQ) and
+    activation clipping values without weight decay; parameters in `exclude` (the choices'
+    theta) are left out."""
     skip = {id(p) for p in exclude}
-    scales = {id(p) for g in search_groups(net) for p in g.choice.parameters()} - skip
+    choices = [g.choice for g in search_groups(net)] + [g.choice for g in activation_groups(net)]
+    scales = {id(p) for c in choices for p in c.parameters()} - skip
     groups: list[dict[str, Any]] = [
         {"params": [p for p in net.parameters() if id(p) not in skip and id(p) not in scales]}]
     if scales:
@@ -142,6 +150,13 @@ class LMModule(pl.LightningModule):
         self._hidden[stream] = detach_hidden(hidden)
         accuracy = (logits.argmax(-1) == y).float().mean() if len(batch) == 2 else None
         return F.cross_entropy(logits, y), accuracy
+
+    def setup(self, stage: str) -> None:
+        # activation quantizers start from the same batch in every process (before DDP wraps)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and datamodule is not None and activation_groups(self.net):
+            batch = next(iter(datamodule.evaluation_batches("train")))
+            calibrate_activations_(self.net, (batch[0],))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout masks depend on (seed, step, rank) only, so a resumed run continues exactly as

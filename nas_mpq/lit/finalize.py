@@ -17,7 +17,8 @@ from torch import nn
 
 from nas_mpq.admm import ADMMState, group_weight
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import apply_plan_, check_plan_matches, search_groups, to_float_
+from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_matches, detach_input_choices_,
+                            search_groups, to_float_)
 
 from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
 
@@ -67,7 +68,9 @@ class FinalizeModule(LMModule):
         h = self.hparams
         if self.method == "ste":
             apply_plan_(to_float_(self.net), self.plan, self.space)
-        else:
+        else:  # the float network trains with the plan's activation quantizers in place
+            attach_input_choices_(detach_input_choices_(to_float_(self.net)),
+                                  {n: [a.bits] for n, a in self.plan.activations.items()})
             self.admm = ADMMState(self.net, self.plan, h.rho, h.rho_growth, h.rho_schedule,
                                   per_row=bool(self.space.per_channel), proj_iters=h.proj_iters, tol=h.tol)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nas_mpq.plan import Budget, PrecisionPlan
-from nas_mpq.search import (BudgetRegularizer, derive_plan, get_sampler, prepare_search_,
+from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, prepare_search_,
                             search_groups)
 
 from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
@@ -82,7 +82,8 @@ class SupernetModule(LMModule):
         """ValueError, before any training, if no plan of this supernet meets the budget."""
         plan = derive_plan(self.net, self.space)
         self.budget.check_feasible(plan.groups, plan.fixed_numel,
-                                   {g.name: g.choice.candidates for g in search_groups(self.net)})
+                                   {g.name: g.choice.candidates for g in search_groups(self.net)},
+                                   {a.name: a.choice.candidates for a in activation_groups(self.net)})
 
     @torch.no_grad()
     def init_choices_from(self, sensitivity_json: str, temperature: float = 1.0) -> None:
@@ -103,7 +104,8 @@ class SupernetModule(LMModule):
             g.choice.theta.copy_(torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates]))
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [g.choice.theta for g in search_groups(self.net) if g.choice.theta is not None]
+        choices = [g.choice for g in search_groups(self.net)] + [a.choice for a in activation_groups(self.net)]
+        return [c.theta for c in choices if c.theta is not None]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         arch = self.arch_parameters()

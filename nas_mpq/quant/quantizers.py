@@ -20,6 +20,8 @@ class WeightQuantizer(nn.Module):
     quantizer has no learnable parameters: the composite weight then needs no recomputed graph."""
 
     identity_grad = True
+    uses_stats = True
+    """False for quantizers that ignore the shared weight statistics (no need to compute them)."""
 
     def __init__(self, bits: int, per_channel: bool = False) -> None:
         super().__init__()
@@ -50,6 +52,8 @@ class WeightQuantizer(nn.Module):
 class FullPrecision(WeightQuantizer):
     """32 bits: identity. 16 bits: rounds through float16."""
 
+    uses_stats = False
+
     def __init__(self, bits: int = 32, per_channel: bool = False) -> None:
         super().__init__(bits, per_channel)
         if self.bits not in (16, 32):
@@ -66,6 +70,7 @@ class Prune(WeightQuantizer):
     """0 bits: the group is removed (all zeros, no gradient to the weight)."""
 
     identity_grad = False
+    uses_stats = False
 
     def __init__(self, bits: int = 0, per_channel: bool = False) -> None:
         super().__init__(0, per_channel)

@@ -1,5 +1,7 @@
 """Weight groups, mixed-precision choices, searchable layers, model surgery, size and budget.
 No Lightning here: usable from a plain PyTorch loop."""
+from .activations import (ActivationGroup, activation_groups, attach_input_choices_, calibrate_activations_,
+                          detach_input_choices_)
 from .budget import PENALTIES, BudgetRegularizer
 from .choice import CompositeWeight, GumbelSampler, MixedPrecisionChoice
 from .knapsack import repair_plan, solve_knapsack
@@ -14,5 +16,6 @@ __all__ = [
     "SearchEmbedding", "SearchLinear", "SearchLSTM", "SearchConv2d", "BlockSplit", "GroupSlice", "GroupRule", "SearchSpace", "SearchGroup",
     "prepare_search_", "to_float_", "apply_plan_", "derive_plan", "check_plan_matches",
     "search_groups", "uniform_plan", "fixed_numel", "get_sampler", "repair_plan", "solve_knapsack",
-    "BudgetRegularizer", "PENALTIES",
+    "BudgetRegularizer", "PENALTIES", "ActivationGroup", "activation_groups", "attach_input_choices_",
+    "calibrate_activations_", "detach_input_choices_",
 ]

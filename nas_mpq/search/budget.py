@@ -2,7 +2,8 @@
 
 The expectation uses pi = softmax(theta), not the noisy sample: E[S] = sum_g sum_k pi_gk a_gk plus
 the fixed part, with a_gk the budget's measure of group g at b_k (code bits; plus scale bits for
-size budgets).
+size budgets). Under a BitOps budget a group whose layer input is searched counts
+macs_g E[b_g] E[a_l] (independent choices: the expectation of the product is the product).
 
 Example:
     >>> reg = BudgetRegularizer(supernet, Budget("avg_bits", 2.0))
@@ -13,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..plan import Budget
+from ..plan import ACTIVATION_BITS, Budget
+from .activations import activation_groups
 from .surgery import fixed_numel, search_groups
 
 PENALTIES = ("one_sided", "two_sided")
@@ -31,6 +33,10 @@ class BudgetRegularizer:
         self.choices = [g.choice for g in groups]
         self.costs = [torch.tensor([float(budget.group_cost(g.plan, b)) for b in g.choice.candidates])
                       for g in groups]
+        inputs = {a.name: a.choice for a in activation_groups(model)} if budget.kind == "bitops" else {}
+        # (group index, its layer's input choice, that choice's bits / 32): rescales the group's cost
+        self.linked = [(i, inputs[g.plan.layer], torch.tensor([b / ACTIVATION_BITS for b in inputs[g.plan.layer].candidates]))
+                       for i, g in enumerate(groups) if g.plan.layer in inputs]
         self.bits = [torch.tensor([float(b) for b in g.choice.candidates]) for g in groups]
         self.numel = [g.plan.numel for g in groups]
         self.fixed = float(budget.fixed_cost(fixed))
@@ -39,6 +45,8 @@ class BudgetRegularizer:
     def expected(self) -> torch.Tensor:
         """E[measure] under the relaxation."""
         terms = [(c.probs() * cost.to(c.probs().device)).sum() for c, cost in zip(self.choices, self.costs)]
+        for i, act, scale in self.linked:
+            terms[i] = terms[i] * (act.probs() * scale.to(act.probs().device)).sum()
         return torch.stack(terms).sum() + self.fixed
 
     def penalty(self) -> torch.Tensor:

@@ -74,7 +74,10 @@ class CompositeWeight(torch.autograd.Function):
 
 
 def _shared_stats(w: torch.Tensor, quantizers: Sequence[WeightQuantizer]) -> AbsStats | None:
-    """One pass of weight statistics for every candidate, when they agree on per_channel."""
+    """One pass of weight statistics for every candidate, when they agree on per_channel (none
+    when no candidate uses them)."""
+    if not any(q.uses_stats for q in quantizers):
+        return None
     modes = {q.per_channel for q in quantizers}
     return abs_stats(w, modes.pop()) if len(modes) == 1 else None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from ..quant import QUANT_METHODS, check_bits
+from ..quant import QUANT_METHODS, check_activation_bits, check_bits
 
 GRANULARITIES = ("tensor", "gate", "head", "block")
 """tensor: one group per weight; gate: an LSTM weight per gate (i, f, g, o); head: `blocks` equal
@@ -47,16 +47,23 @@ class GroupRule:
 
 @dataclass
 class SearchSpace:
-    """The default candidates, per-module rules (first match wins), and quantizer settings."""
+    """The default candidates, per-module rules (first match wins), quantizer settings, and the
+    activation candidates for the input of every searched Linear/Conv2d layer (None: activations
+    stay in float)."""
 
     name: str
     candidates: list[int]
     rules: list[GroupRule] = field(default_factory=list)
     method: str = "uniform"
     per_channel: bool = False
+    activation_candidates: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.candidates = _check_candidates(self.candidates)
+        if self.activation_candidates is not None:
+            self.activation_candidates = _check_candidates(self.activation_candidates)
+            for b in self.activation_candidates:
+                check_activation_bits(b)
         if self.method not in QUANT_METHODS:
             raise ValueError(f"unknown quantization method {self.method!r}; valid: {list(QUANT_METHODS)}")
         self.rules = [r if isinstance(r, GroupRule) else GroupRule(**r) for r in self.rules]

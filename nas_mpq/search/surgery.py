@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator, Mapping
@@ -17,10 +18,12 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from ..plan import Budget, GroupPlan, PrecisionPlan, layers
+from ..plan import ActivationPlan, Budget, GroupPlan, PrecisionPlan, layers
 from ..quant import make_quantizer
 from .choice import GumbelSampler, MixedPrecisionChoice
 from .knapsack import repair_plan
+from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_,
+                          detach_input_choices_, move_input_choice)
 from .layers import SEARCHABLE, BlockSplit, SearchableMixin, SearchConv2d, SearchEmbedding, SearchLSTM
 from .space import SearchSpace
 
@@ -56,14 +59,19 @@ def _group_candidates(space: SearchSpace, module_name: str, key: str,
 
 def prepare_search_(model: nn.Module, space: SearchSpace, *,
                     candidates: Mapping[str, list[int]] | None = None,
+                    activation_candidates: Mapping[str, list[int]] | None = None,
                     sampler: GumbelSampler | None = None) -> nn.Module:
     """Replace every searchable layer (Linear, Embedding, LSTM, Conv2d) of `model` in place by its
-    searchable subclass, with one choice per weight group. `candidates` overrides the space's
-    candidates per group name (apply_plan_ passes one bit-width each). Parameters shared between
-    layers (tied embedding/output) form one group. Every forward of the model then draws fresh
-    Gumbel noise from `sampler` in training mode and uses the argmax in eval mode."""
+    searchable subclass, with one choice per weight group, and (when the space searches
+    activations) give every searched Linear/Conv2d an input choice over the space's activation
+    candidates. `candidates` / `activation_candidates` override them per group / layer name
+    (apply_plan_ passes one bit-width each). Parameters shared between layers (tied
+    embedding/output) form one group. Every forward of the model then draws fresh Gumbel noise
+    from `sampler` in training mode and uses the argmax in eval mode."""
     to_float_(model)
+    detach_input_choices_(model)
     by_param: dict[int, MixedPrecisionChoice] = {}
+    inputs: dict[str, list[int]] = dict(activation_candidates or {})
     for module_name, mod in list(model.named_modules()):
         cls = SEARCHABLE.get(type(mod))
         rule = space.rule_for(module_name)
@@ -89,8 +97,12 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
             new = cls.from_float(mod, make_choice, shared)
             by_param.setdefault(id(mod.weight), new.choices["weight"])
         _set_submodule(model, module_name, new)
-    _record_positions(model)
+        if activation_candidates is None and space.activation_candidates and isinstance(new, ACTIVATION_LAYERS):
+            inputs[module_name] = space.activation_candidates
+    _record_positions(model)  # before the input choices, which would calibrate on the probe
+    attach_input_choices_(model, inputs)
     searched = [g.choice for g in search_groups(model) if g.choice.theta is not None]
+    searched += [g.choice for g in activation_groups(model) if g.choice.theta is not None]
     if searched:
         sampler = sampler or GumbelSampler()
         setattr(model, _SAMPLER, sampler)
@@ -139,38 +151,46 @@ def to_float_(model: nn.Module) -> nn.Module:
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
+    move_input_choice(model.get_submodule(name), new)
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def search_groups(model: nn.Module) -> list[SearchGroup]:
-    """Every searched group of a prepared model, in module order, tied groups once."""
+    """Every searched group of a prepared model, in module order, tied groups once (their MACs
+    summed over the layers that share them, `layer` the one with the most)."""
     names = _named_parameters_ids(model)
-    seen: set[int] = set()
-    out = []
+    users: dict[int, list[tuple[str, SearchableMixin, str]]] = {}
     for module_name, mod in model.named_modules():
-        if not isinstance(mod, SearchableMixin):
-            continue
-        for key, choice in mod.choices.items():
-            if id(choice) in seen:
-                continue
-            seen.add(id(choice))
-            where = mod.slices[key]
-            w = getattr(mod, where.param)
-            part = where.of(w)
-            scales = max(q.num_scales(part.shape) for q in choice.quantizers) or 1
-            macs = None if mod.positions is None else part.numel() * mod.positions
-            gp = GroupPlan(names[id(w)], where.rows, part.numel(), choice.argmax_bits(), scales,
-                           tuple(choice.probs().tolist()), where.axis, macs)
-            out.append(SearchGroup(f"{module_name}.{key}", mod, key, choice, gp))
+        if isinstance(mod, SearchableMixin):
+            for key, choice in mod.choices.items():
+                users.setdefault(id(choice), []).append((module_name, mod, key))
+    out = []
+    for sharers in users.values():
+        module_name, mod, key = sharers[0]
+        choice = mod.choices[key]
+        where = mod.slices[key]
+        w = getattr(mod, where.param)
+        part = where.of(w)
+        scales = max(q.num_scales(part.shape) for q in choice.quantizers) or 1
+        positions = [(m.positions, n) for n, m, _ in sharers]
+        macs = layer = None
+        if all(p is not None for p, _ in positions):
+            macs = part.numel() * sum(p for p, _ in positions)
+            layer = max(positions)[1] if macs else None
+        gp = GroupPlan(names[id(w)], where.rows, part.numel(), choice.argmax_bits(), scales,
+                       tuple(choice.probs().tolist()), where.axis, macs, layer)
+        out.append(SearchGroup(f"{module_name}.{key}", mod, key, choice, gp))
     return out
 
 
 def fixed_numel(model: nn.Module) -> int:
     """Parameters outside every searched group (biases, norms, excluded layers), counted once;
-    theta and quantizer scales are not model weights (scales are counted with their group)."""
+    theta, quantizer scales and activation clipping values are not model weights (scales are
+    counted with their group)."""
     groups = search_groups(model)
     searched = {id(getattr(g.module, g.module.slices[g.key].param)) for g in groups}
     machinery = {id(p) for g in groups for p in g.choice.parameters()}
+    machinery |= {id(p) for g in activation_groups(model) for p in g.choice.parameters()}
     return sum(p.numel() for p in _unique_parameters(model)
                if id(p) not in searched and id(p) not in machinery)
 
@@ -184,13 +204,15 @@ def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = No
     """The plan of a supernet: argmax of theta per group, then (with a budget) the exact repair
     by multiple-choice knapsack with cost -log pi, so the plan meets the budget and uses at least
     `min_fill` of it (None: an argmax below the budget is kept as it is)."""
-    groups = search_groups(model)
+    groups, acts = search_groups(model), activation_groups(model)
+    activations = {a.name: ActivationPlan(a.choice.argmax_bits(), tuple(a.choice.probs().tolist())) for a in acts}
     plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),
-                         {g.name: g.plan for g in groups}, fixed_numel(model), budget)
+                         {g.name: g.plan for g in groups}, fixed_numel(model), budget, activations=activations)
     if budget is None:
         return _keep_every_layer(plan, {g.name: g.choice for g in groups})
     return repair_plan(plan, {g.name: g.choice.candidates for g in groups},
-                       {g.name: g.choice.probs().tolist() for g in groups}, min_fill)
+                       {g.name: g.choice.probs().tolist() for g in groups}, min_fill,
+                       {a.name: a.choice.candidates for a in acts}, {a.name: a.choice.probs().tolist() for a in acts})
 
 
 def _keep_every_layer(plan: PrecisionPlan, choices: Mapping[str, MixedPrecisionChoice]) -> PrecisionPlan:
@@ -214,12 +236,15 @@ def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace
     shape = sorted(n for n in set(expected) & set(plan.groups)
                    if (expected[n].param, expected[n].rows, expected[n].axis, expected[n].numel)
                    != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].axis, plan.groups[n].numel))
-    if missing or extra or shape:
+    modules = dict(probe.named_modules())
+    inputs = sorted(n for n in plan.activations if not isinstance(modules.get(n), ACTIVATION_LAYERS))
+    if missing or extra or shape or inputs:
         raise ValueError(
             "the plan does not match the model: "
             + "; ".join(f"{what}: {names}" for what, names in
                         (("groups missing from the plan", missing), ("plan groups not in the model", extra),
-                         ("groups whose parameter, rows or size differ", shape)) if names))
+                         ("groups whose parameter, rows or size differ", shape),
+                         ("activation layers that are not Linear/Conv2d layers of the model", inputs)) if names))
 
 
 def _structure_copy(model: nn.Module) -> nn.Module:
@@ -232,14 +257,19 @@ def _structure_copy(model: nn.Module) -> nn.Module:
     return to_float_(clone)
 
 
-def uniform_plan(model: nn.Module, space: SearchSpace, bits: int) -> PrecisionPlan:
-    """The plan with every group of `model` (float or prepared) under `space` at `bits`."""
+def uniform_plan(model: nn.Module, space: SearchSpace, bits: int, act_bits: int | None = None) -> PrecisionPlan:
+    """The plan with every group of `model` (float or prepared) under `space` at `bits`, and
+    every input the space searches at `act_bits` (None: activations stay in float)."""
     probe = prepare_search_(_structure_copy(model), space)
-    return derive_plan(probe, space).with_bits({g.name: bits for g in search_groups(probe)})
+    plan = derive_plan(probe, space).with_bits({g.name: bits for g in search_groups(probe)})
+    acts = {} if act_bits is None else {n: ActivationPlan(act_bits) for n in plan.activations}
+    return dataclasses.replace(plan, activations=acts)
 
 
 def apply_plan_(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> nn.Module:
     """Make `model` (float or supernet) a fixed-precision QAT model in place: each group gets the
-    single quantizer of its planned bits. Raises ValueError naming mismatched groups."""
+    single quantizer of its planned bits, each layer input the plan quantizes its activation
+    quantizer. Raises ValueError naming mismatched groups."""
     check_plan_matches(model, plan, space)
-    return prepare_search_(model, space, candidates={n: [g.bits] for n, g in plan.groups.items()})
+    return prepare_search_(model, space, candidates={n: [g.bits] for n, g in plan.groups.items()},
+                           activation_candidates={n: [a.bits] for n, a in plan.activations.items()})

@@ -28,7 +28,7 @@ def allocate(template: PrecisionPlan, omega: Mapping[str, Mapping[int, float]], 
         raise ValueError(f"no sensitivity for groups {missing}")
     cands = {n: sorted(int(b) for b in omega[n]) for n in plan.groups}
     costs = {n: [float(omega[n][b]) for b in cands[n]] for n in plan.groups}
-    return plan.with_bits(solve_knapsack(plan, cands, costs, min_fill))
+    return plan.with_bits(solve_knapsack(plan, cands, costs, min_fill)[0])
 
 
 def random_plan(template: PrecisionPlan, budget: Budget, seed: int = 0,
@@ -38,7 +38,7 @@ def random_plan(template: PrecisionPlan, budget: Budget, seed: int = 0,
     plan = _with_budget(template, budget)
     cands = {n: list(template.candidates) for n in plan.groups}
     costs = {n: list(rng.random(len(cands[n]))) for n in plan.groups}
-    return plan.with_bits(solve_knapsack(plan, cands, costs, min_fill))
+    return plan.with_bits(solve_knapsack(plan, cands, costs, min_fill)[0])
 
 
 def uniform_plan_for(template: PrecisionPlan, bits: int, budget: Budget | None = None) -> PrecisionPlan:

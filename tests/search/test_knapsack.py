@@ -23,7 +23,7 @@ def test_knapsack_is_optimal_and_meets_budget(kind, value):
     plan = make_plan(numels, Budget(kind, value))
     cands = {n: CANDS for n in plan.groups}
     costs = {n: list(rng.random(len(CANDS))) for n in plan.groups}
-    chosen = solve_knapsack(plan, cands, costs)
+    chosen, _ = solve_knapsack(plan, cands, costs)
     result = plan.with_bits(chosen)
     assert result.meets_budget()
     assert set(chosen.values()) <= set(CANDS)
@@ -40,7 +40,7 @@ def test_budget_met_exactly_at_the_boundary():
     # two groups of 100: avg 2.5 bits is exactly 1 bit + 4 bits, the only plan at the boundary
     plan = make_plan([100, 100], Budget("avg_bits", 2.5))
     costs = {"g0": [5, 4, 0, 3, 9], "g1": [0, 4, 5, 3, 9]}
-    chosen = solve_knapsack(plan, {n: CANDS for n in plan.groups}, costs)
+    chosen, _ = solve_knapsack(plan, {n: CANDS for n in plan.groups}, costs)
     assert chosen == {"g0": 4, "g1": 1}
     assert plan.with_bits(chosen).size().avg_bits == 2.5
 
@@ -64,7 +64,7 @@ def test_pruning_never_removes_a_whole_layer():
     with pytest.raises(ValueError):
         solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)  # needs avg 0.5 at least
     plan = PrecisionPlan("test", [0, 1, 2], groups, 0, Budget("avg_bits", 0.5))
-    chosen = solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)
+    chosen, _ = solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)
     assert sorted(chosen.values()) == [0, 1]
 
 
