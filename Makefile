@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/quality.py --budgets 2.0 1.032 --methods ste admm
 	$(BIN)/python benchmarks/quality.py --configs configs/shakespeare_transformer --run_dir runs/bench-transformer --methods ste
 	$(BIN)/python benchmarks/quality.py --configs configs/digits_cnn --run_dir runs/bench-cnn --budgets 2.0 1.2 --methods ste
+	$(BIN)/python benchmarks/bitops.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

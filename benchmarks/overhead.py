@@ -27,6 +27,7 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -218,8 +219,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
     s = setup(args.space)
-    loader = iter(s.data.train_dataloader())
-    batches = [next(loader) for _ in range(args.warmup + args.steps)]
+    # the digits' training split has fewer batches than steps: go round it again
+    batches = list(itertools.islice(itertools.cycle(s.data.train_dataloader()), args.warmup + args.steps))
     search_batch = next(iter(s.data.search_dataloader()))
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),

@@ -4,6 +4,7 @@ import torch
 
 from conftest import tiny_lm
 from nas_mpq.data import LMDataModule
+from search_spaces.cnn import ResNetCNN
 from nas_mpq.lit import LMTrainModule, SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
 from nas_mpq.search import search_groups
@@ -74,6 +75,12 @@ def test_bad_input_before_training():
         SupernetModule(tiny_lm(), space=SpaceConfig(name="vit"))
     with pytest.raises(ValueError, match="warmup_fraction"):
         SupernetModule(tiny_lm(), warmup_fraction=1.5)
+    # a compute budget below the smallest plan: 1-bit weights, 2-bit inputs where they are searched
+    cnn_space = SpaceConfig(name="cnn", activation_candidates=[2, 8, 32])
+    with pytest.raises(ValueError, match=r"infeasible budget bitops=1000.0: .* needs bitops="):
+        SupernetModule(ResNetCNN(width=4), space=cnn_space, budget=Budget("bitops", 1000.0))
+    with pytest.raises(ValueError, match=r"activation bit-width 1 is not supported"):
+        SupernetModule(ResNetCNN(width=4), space=SpaceConfig(name="cnn", activation_candidates=[1, 8]))
 
 
 def test_uniform_qat_module_quantizes(corpus_dir):
