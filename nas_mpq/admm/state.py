@@ -1,6 +1,7 @@
 """The ADMM state of a finalize run: per group G (the projection) and U (the scaled dual), and rho.
 
-    W-step: minimise f(W) + rho/2 sum_g ||W_g - G_g + U_g||^2      (`penalty` adds the second term)
+    W-step: minimise f(W) + rho/2 sum_g ||W_g - G_g + U_g||^2      (`penalty` adds the second term
+            to the loss, or `proximal_` applies it in closed form after each step on f)
     G-step: G_g = proj_{a T_b}(W_g + U_g)                          (alternating scale fit)
     U-step: U_g = U_g + W_g - G_g
 rho grows by `rho_growth` per iteration ("multiplicative") or follows the residuals ("balance":
@@ -74,6 +75,16 @@ class ADMMState(nn.Module):
         """rho/2 sum_g ||W_g - G_g + U_g||^2 (differentiable in W)."""
         terms = [((w - self.G(n) + self.U(n)) ** 2).sum() for n, w in self._weights().items()]
         return 0.5 * self.rho * torch.stack(terms).sum() if terms else self.rho * 0.0
+
+    @torch.no_grad()
+    def proximal_(self, step: float) -> None:
+        """The penalty's part of the W-step in closed form (proximal gradient): after a step of
+        size `step` on f alone, W := argmin_V ||V - W||^2 / (2 step) + rho/2 ||V - G + U||^2
+        = (W + step rho (G - U)) / (1 + step rho). Stable for any rho, where a gradient step on
+        the penalty overshoots once step x rho > 2."""
+        k = step * float(self.rho)
+        for n, w in self._weights().items():
+            w.add_(self.G(n) - self.U(n), alpha=k).div_(1.0 + k)
 
     @torch.no_grad()
     def residual(self) -> float:

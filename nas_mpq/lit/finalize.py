@@ -1,7 +1,8 @@
 """Finalize a precision plan: train the low-bit model with ADMM onto its quantization tables
 (ALGORITHMS.md section 6), or with plain STE fine-tuning (QAT at the plan) for comparison.
 
-ADMM: the network stays float; the loss adds rho/2 ||W - G + U||^2 and every `admm_every`
+ADMM: the network stays float; the loss adds rho/2 ||W - G + U||^2 (`w_step="proximal"`: a
+closed-form proximal step applies it after each optimizer step instead) and every `admm_every`
 minibatches (default: once per epoch, after its last batch) G, U and rho are updated. Validation
 and test run the projected model (W := G), so val/ppl is the perplexity of what would be exported.
 The ADMM state is a submodule: checkpoints hold G, U and rho.
@@ -23,6 +24,9 @@ from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_match
 from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
 
 FINALIZE_METHODS = ("admm", "ste")
+W_STEPS = ("gradient", "proximal")
+"""How ADMM's W-step handles rho/2 ||W - G + U||^2: its gradient added to the loss, or a closed-form
+proximal step after each optimizer step on the loss alone (with the optimizer's learning rate)."""
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -42,10 +46,12 @@ class FinalizeModule(LMModule):
                  method: str = "admm", optimizer: OptimizerFactory = _default_optimizer,
                  rho: float = 1e-3, rho_growth: float = 1.1, rho_schedule: str = "multiplicative",
                  admm_every: int | None = None, proj_iters: int = 5, tol: float = 1e-3,
-                 seed: int = 0) -> None:
+                 w_step: str = "gradient", seed: int = 0) -> None:
         super().__init__(net, seed)
         if method not in FINALIZE_METHODS:
             raise ValueError(f"unknown finalize method {method!r}; valid: {list(FINALIZE_METHODS)}")
+        if w_step not in W_STEPS:
+            raise ValueError(f"unknown ADMM W-step {w_step!r}; valid: {list(W_STEPS)}")
         if admm_every is not None and admm_every < 1:
             raise ValueError(f"admm_every must be a positive number of minibatches, got {admm_every}")
         self.plan = PrecisionPlan.load(plan)
@@ -78,7 +84,7 @@ class FinalizeModule(LMModule):
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         loss = self.lm_loss(batch, "train")
         self.log("train/loss", loss, prog_bar=True)
-        if self.admm is None:
+        if self.admm is None or self.hparams.w_step == "proximal":
             return loss
         penalty = self.admm.penalty()
         self.log("admm/penalty", penalty)
@@ -87,6 +93,8 @@ class FinalizeModule(LMModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.admm is None:
             return
+        if self.hparams.w_step == "proximal":
+            self.admm.proximal_(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         every = self.hparams.admm_every
         last = batch_idx + 1 == int(self.trainer.num_training_batches)
         step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx + 1

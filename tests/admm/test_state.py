@@ -35,6 +35,27 @@ def test_penalty_gradient_is_rho_times_w_minus_g_plus_u():
     assert torch.allclose(grad, expected)
 
 
+def test_proximal_step_is_the_exact_minimiser_and_stable_for_any_rho():
+    """W := argmin ||V - W||^2 / (2 eta) + rho/2 ||V - G + U||^2; a gradient step on the penalty
+    alone overshoots once eta x rho > 2, the proximal step never does."""
+    for rho in (0.5, 100.0):
+        net, plan, admm = make(rho=rho)
+        with torch.no_grad():
+            for n in admm.groups:
+                admm.U(n).normal_(0, 0.01)
+        before = {n: group_weight(net, g).detach().clone() for n, g in admm.groups.items()}
+        eta = 0.1
+        admm.proximal_(eta)
+        for n, g in admm.groups.items():
+            target = admm.G(n) - admm.U(n)
+            expected = (before[n] + eta * rho * target) / (1 + eta * rho)
+            after = group_weight(net, g).detach()
+            assert torch.allclose(after, expected, atol=1e-6)
+            # closer to G - U than before, by the factor 1 / (1 + eta rho)
+            gap_before = (before[n] - target).norm()
+            assert float((after - target).norm()) == pytest.approx(float(gap_before) / (1 + eta * rho), rel=1e-4)
+
+
 def test_iteration_updates_u_and_rho_and_converges_when_w_follows_g():
     net, plan, admm = make(rho=1e-2, rho_growth=1.5)
     for _ in range(4):
