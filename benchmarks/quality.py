@@ -5,8 +5,10 @@ continues):
 
   fp32/                pretrain                                   (<configs>/pretrain.yaml)
   search-avg<B>/       search at budget avg_bits = B, from fp32   (<configs>/search.yaml)
-  ste-avg<B>/          finalize the searched plan, STE (QAT)      (<configs>/finalize.yaml)
-  admm-avg<B>/         finalize the searched plan, ADMM
+  ste-avg<B>/          finalize the searched plan, STE (QAT)      (<configs>/finalize_ste.yaml if
+                                                                   present, else finalize.yaml)
+  admm-avg<B>/         finalize the searched plan, ADMM           (<configs>/finalize_admm.yaml if
+                                                                   present, else finalize.yaml)
   uniform<b>-<method>/ finalize the uniform b-bit plan meeting the same budget
 
 Prints JSON.
@@ -63,8 +65,9 @@ def main() -> None:
         if not uniform_plan.exists():
             plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan)
         entry = {"search": {k: search[k] for k in ("val_ppl_history", "avg_bits", "compression", "bits_used")}}
-        finalize = ["finalize", "--config", str(cfg / "finalize.yaml"), *init]
         for method in args.methods:
+            own = cfg / f"finalize_{method}.yaml"
+            finalize = ["finalize", "--config", str(own if own.exists() else cfg / "finalize.yaml"), *init]
             mixed = stage([*finalize, "--plan", str(plan_path), "--model.method", method],
                           root / f"{method}-{name}", "model.safetensors", timings)
             uniform = stage([*finalize, "--plan", str(uniform_plan), "--model.method", method],

@@ -83,7 +83,7 @@ def shipped_configs():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         # a pipeline config has a section per stage; a stage config is named after its stage
-        stages = [s for s in ("pretrain", "search", "finalize") if s in cfg] or [path.stem]
+        stages = [s for s in ("pretrain", "search", "finalize") if s in cfg] or [path.stem.split("_")[0]]
         for stage in stages:
             yield pytest.param(path, stage, id=f"{path.parent.name}/{path.name}:{stage}")
 
