@@ -31,6 +31,11 @@ ACTIVATION_BITS = 32
 layer's input."""
 
 
+def slice_of(weight: Any, rows: tuple[int, int] | None, axis: int = 0) -> Any:
+    """`weight[rows[0]:rows[1]]` along dimension `axis` (a view), or all of it for rows None."""
+    return weight if rows is None else weight.narrow(axis, rows[0], rows[1] - rows[0])
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     """One weight group: `rows` is the slice [start, stop) of `param` along dimension `axis` (0:
@@ -50,9 +55,7 @@ class GroupPlan:
 
     def view(self, weight: Any) -> Any:
         """The group's part of its parameter tensor `weight` (a view, no copy)."""
-        if self.rows is None:
-            return weight
-        return weight.narrow(self.axis, self.rows[0], self.rows[1] - self.rows[0])
+        return slice_of(weight, self.rows, self.axis)
 
     def shape(self, param_shape: Iterable[int]) -> tuple[int, ...]:
         """The shape of the group's slice of a parameter of `param_shape`."""

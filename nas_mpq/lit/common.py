@@ -153,7 +153,7 @@ class LMModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         # activation quantizers start from the same batch in every process (before DDP wraps)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self.trainer.datamodule
         if stage == "fit" and datamodule is not None and activation_groups(self.net):
             batch = next(iter(datamodule.evaluation_batches("train")))
             calibrate_activations_(self.net, (batch[0],))

@@ -1,5 +1,5 @@
 """Pure-torch weight quantizers and straight-through estimators."""
-from .activation import ACTIVATION_BITS, ActivationQuantizer, check_activation_bits
+from .activation import ACTIVATION_BIT_WIDTHS, ActivationQuantizer, check_activation_bits
 from .functional import VALID_BITS, check_bits, identity_ste, qmax, round_ste
 from .quantizers import (
     QUANT_METHODS,
@@ -15,5 +15,5 @@ from .quantizers import (
 __all__ = [
     "VALID_BITS", "QUANT_METHODS", "check_bits", "qmax", "round_ste", "identity_ste",
     "WeightQuantizer", "FullPrecision", "Prune", "BinaryQuantizer", "UniformQuantizer",
-    "LSQQuantizer", "make_quantizer", "ACTIVATION_BITS", "ActivationQuantizer", "check_activation_bits",
+    "LSQQuantizer", "make_quantizer", "ACTIVATION_BIT_WIDTHS", "ActivationQuantizer", "check_activation_bits",
 ]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_bits, round_ste
+from .functional import check_bits, half_quantize, round_ste
 from .quantizers import WeightQuantizer
 
-ACTIVATION_BITS = (2, 3, 4, 8, 16, 32)
+ACTIVATION_BIT_WIDTHS = (2, 3, 4, 8, 16, 32)
 CALIBRATION_QUANTILE = 0.999
 _MAX_CALIBRATION_SAMPLES = 1 << 20
 
@@ -24,8 +24,8 @@ _MAX_CALIBRATION_SAMPLES = 1 << 20
 def check_activation_bits(bits: int) -> int:
     """`bits` if activations can be quantized to it, else ValueError naming the valid ones."""
     b = check_bits(bits)
-    if b not in ACTIVATION_BITS:
-        raise ValueError(f"activation bit-width {bits!r} is not supported; valid: {list(ACTIVATION_BITS)}")
+    if b not in ACTIVATION_BIT_WIDTHS:
+        raise ValueError(f"activation bit-width {bits!r} is not supported; valid: {list(ACTIVATION_BIT_WIDTHS)}")
     return b
 
 
@@ -57,7 +57,7 @@ class ActivationQuantizer(WeightQuantizer):
         if self.bits == 32:
             return x
         if self.bits == 16:
-            return x + (x.detach().half().to(x.dtype) - x.detach())
+            return half_quantize(x)
         if not bool(self.calibrated):
             self.calibrate_(x)
         alpha = self.alpha.abs().clamp_min(1e-6)

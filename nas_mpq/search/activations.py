@@ -83,7 +83,7 @@ def detach_input_choices_(model: nn.Module) -> nn.Module:
 def activation_groups(model: nn.Module) -> list[ActivationGroup]:
     """Every layer with an input choice, in module order."""
     return [ActivationGroup(name, mod, mod.input_choice) for name, mod in model.named_modules()
-            if isinstance(mod.__dict__.get("_modules", {}).get("input_choice"), MixedPrecisionChoice)]
+            if isinstance(mod._modules.get("input_choice"), MixedPrecisionChoice)]
 
 
 @torch.no_grad()

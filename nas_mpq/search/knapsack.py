@@ -59,8 +59,7 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Choices, costs: Costs, min_f
     act_costs = act_costs or {n: [0.0] * len(c) for n, c in act_candidates.items()}
     budget.check_feasible(groups, plan.fixed_numel, candidates, act_candidates)
     joint = budget.kind == "bitops" and bool(act_candidates)
-    fixed_acts = {} if joint else {n: b for n, b in ((n, _cheapest(act_candidates[n], act_costs[n]))
-                                                     for n in act_candidates)}
+    fixed_acts = {} if joint else {n: _cheapest(act_candidates[n], act_costs[n]) for n in act_candidates}
     cols = _Columns()
     for n in groups:
         for b, c in zip(candidates[n], costs[n]):

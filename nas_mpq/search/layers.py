@@ -12,6 +12,7 @@ import torch
 from torch import _VF, nn
 from torch.nn import functional as F
 
+from ..plan import slice_of
 from ..quant.functional import abs_stats
 from .choice import MixedPrecisionChoice
 from .space import LSTM_GATES
@@ -29,7 +30,7 @@ class GroupSlice(NamedTuple):
     axis: int = 0
 
     def of(self, w: torch.Tensor) -> torch.Tensor:
-        return w if self.rows is None else w.narrow(self.axis, self.rows[0], self.rows[1] - self.rows[0])
+        return slice_of(w, self.rows, self.axis)
 
 
 def block_slices(param: str, size: int, labels: Sequence[str], axis: int = 0) -> dict[str, GroupSlice]:
