@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..plan import GroupPlan, PrecisionPlan
+from ..quant.functional import FIT_ITERS
 from .tables import project
 
 RHO_SCHEDULES = ("multiplicative", "balance")
@@ -36,7 +37,7 @@ class ADMMState(nn.Module):
     """G, U per constrained group of `plan` (32-bit groups are unconstrained), and rho."""
 
     def __init__(self, model: nn.Module, plan: PrecisionPlan, rho: float = 1e-3, rho_growth: float = 1.1,
-                 schedule: str = "multiplicative", per_row: bool = False, proj_iters: int = 5,
+                 schedule: str = "multiplicative", per_row: bool = False, proj_iters: int = FIT_ITERS,
                  tol: float = 1e-3) -> None:
         super().__init__()
         if schedule not in RHO_SCHEDULES:

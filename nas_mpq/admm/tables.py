@@ -2,7 +2,8 @@
 
 A group at b bits may only take values `a * t` with t in the table T_b and one scale a per group
 (or per row): T_1 = {-1, +1}, T_2 = {-1, 0, +1} (ternary), T_b = {-q..q}, q = 2^(b-1) - 1. The
-projection alternates `Q = proj_T(V / a)` and `a = <V, Q> / <Q, Q>` a few times. 0 bits projects
+projection alternates `Q = proj_T(V / a)` and `a = <V, Q> / <Q, Q>` a few times: quant's
+`fit_scale`, the same fit the search and QAT use, so ADMM deploys the grid that was searched. 0 bits projects
 onto zero; 16 bits rounds through float16; 32 bits is unconstrained.
 
 Example:
@@ -13,14 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.functional import abs_stats, check_bits, qmax, uniform_scale
-
-
-def _reduce(x: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """Sum over the tensor (0-dim) or over each row (broadcastable)."""
-    if not per_row:
-        return x.sum()
-    return x.reshape(x.shape[0], -1).sum(dim=1).reshape((-1,) + (1,) * (x.dim() - 1))
+from ..quant.functional import FIT_ITERS, check_bits, fit_scale, qmax
 
 
 def table_codes(v_over_a: torch.Tensor, bits: int) -> torch.Tensor:
@@ -33,9 +27,9 @@ def table_codes(v_over_a: torch.Tensor, bits: int) -> torch.Tensor:
     return v_over_a.round().clamp_(-q, q)
 
 
-def project(v: torch.Tensor, bits: int, per_row: bool = False, iters: int = 5
+def project(v: torch.Tensor, bits: int, per_row: bool = False, iters: int = FIT_ITERS
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, scale) with `codes * scale` the tied-table point near `v` (alternating fit).
+    """(codes, scale) with `codes * scale` the tied-table point near `v` (least-squares fit).
     For 16 and 32 bits codes are the (rounded) values themselves and scale is 1."""
     bits = check_bits(bits)
     v = v.detach()
@@ -46,15 +40,7 @@ def project(v: torch.Tensor, bits: int, per_row: bool = False, iters: int = 5
         return v.half().to(v.dtype), one
     if bits == 0:
         return torch.zeros_like(v), one
-    mean = abs_stats(v, per_row)[0]
-    if bits == 1:  # closed form: sign(V) and a = mean|V|
-        return table_codes(v, 1), mean.clamp_min(torch.finfo(v.dtype).tiny)
-    a = uniform_scale(v, bits, per_row)
-    for _ in range(iters):
-        codes = table_codes(v / a, bits)
-        qq = _reduce(codes * codes, per_row)
-        fitted = _reduce(v * codes, per_row) / qq.clamp_min(1.0)
-        a = torch.where(qq > 0, fitted, mean).clamp_min(torch.finfo(v.dtype).tiny)
+    a = fit_scale(v, bits, per_row, iters)
     return table_codes(v / a, bits), a
 
 

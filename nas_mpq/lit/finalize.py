@@ -18,6 +18,7 @@ from torch import nn
 
 from nas_mpq.admm import ADMMState, group_weight
 from nas_mpq.plan import PrecisionPlan
+from nas_mpq.quant.functional import FIT_ITERS
 from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_matches, detach_input_choices_,
                             search_groups, to_float_)
 
@@ -45,7 +46,7 @@ class FinalizeModule(LMModule):
     def __init__(self, net: nn.Module, plan: str, space: SpaceConfig | Mapping[str, Any] | None = None,
                  method: str = "admm", optimizer: OptimizerFactory = _default_optimizer,
                  rho: float = 1e-3, rho_growth: float = 1.1, rho_schedule: str = "multiplicative",
-                 admm_every: int | None = None, proj_iters: int = 5, tol: float = 1e-3,
+                 admm_every: int | None = None, proj_iters: int = FIT_ITERS, tol: float = 1e-3,
                  w_step: str = "gradient", seed: int = 0) -> None:
         super().__init__(net, seed)
         if method not in FINALIZE_METHODS:

@@ -28,9 +28,10 @@ class WeightQuantizer(nn.Module):
         self.bits = F.check_bits(bits)
         self.per_channel = per_channel
 
-    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
-        """forward(w) without autograd. `stats` (F.abs_stats of w at this quantizer's
-        per_channel) lets the candidates of a group share one pass over the weight."""
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+        """forward(w) without autograd. `stats` (the WeightStats of w, or of the whole weight
+        that w is some rows of, at this quantizer's per_channel) shares the fitted scales between
+        the candidates of a group."""
         with torch.no_grad():
             return self.forward(w)
 
@@ -62,7 +63,7 @@ class FullPrecision(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.bits == 32 else F.half_quantize(w)
 
-    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
         return w.detach() if self.bits == 32 else w.detach().half().to(w.dtype)
 
 
@@ -91,15 +92,16 @@ class BinaryQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.binary_quantize(w, self.per_channel)
 
-    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
-        return F.binary_value(w, F.binary_scale(w, self.per_channel, stats))
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+        return F.binary_value(w, _scale(w, 1, self.per_channel, stats))
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.binary_codes(w), F.binary_scale(w, self.per_channel)
+        return F.binary_codes(w), F.fit_scale(w, 1, self.per_channel)
 
 
 class UniformQuantizer(WeightQuantizer):
-    """2..8 bits symmetric uniform; the scale follows the weight's statistics at every call."""
+    """2..8 bits symmetric uniform; the scale is fitted to the weight (least squares) at every
+    call, the same fit ADMM's projection and export use."""
 
     def __init__(self, bits: int, per_channel: bool = False) -> None:
         super().__init__(bits, per_channel)
@@ -108,24 +110,24 @@ class UniformQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.uniform_quantize(w, self.bits, self.per_channel)
 
-    def value(self, w: torch.Tensor, stats: F.AbsStats | None = None) -> torch.Tensor:
-        s = F.uniform_scale(w, self.bits, self.per_channel, stats)
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+        s = _scale(w, self.bits, self.per_channel, stats)
         q = F.qmax(self.bits)
         return torch.mul(w.detach(), s.reciprocal()).round_().clamp_(-q, q).mul_(s)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = F.uniform_scale(w, self.bits, self.per_channel)
+        s = F.fit_scale(w, self.bits, self.per_channel)
         return F.uniform_codes(w, self.bits, s), s
 
 
 class LSQQuantizer(WeightQuantizer):
-    """2..8 bits with a learned step size, initialised from `init_weight` (mean-based)."""
+    """2..8 bits with a learned step size, initialised from `init_weight` (the fitted scale)."""
 
     identity_grad = False
 
     def __init__(self, bits: int, init_weight: torch.Tensor, per_channel: bool = False) -> None:
         super().__init__(bits, per_channel)
-        self.scale = nn.Parameter(F.uniform_scale(init_weight, self.bits, per_channel).clone())
+        self.scale = nn.Parameter(F.fit_scale(init_weight, self.bits, per_channel).clone())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.lsq_quantize(w, self.scale.clamp_min(1e-8), self.bits)
@@ -134,6 +136,10 @@ class LSQQuantizer(WeightQuantizer):
         s = self.scale.detach().clamp_min(1e-8)
         q = F.qmax(self.bits)
         return torch.clamp(w.detach() / s, -q, q).round(), s
+
+
+def _scale(w: torch.Tensor, bits: int, per_channel: bool, stats: F.WeightStats | None) -> torch.Tensor:
+    return stats.scale(bits) if stats is not None else F.fit_scale(w, bits, per_channel)
 
 
 def make_quantizer(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..quant import WeightQuantizer
-from ..quant.functional import AbsStats, abs_stats
+from ..quant.functional import WeightStats
 
 
 class CompositeWeight(torch.autograd.Function):
@@ -29,7 +29,7 @@ class CompositeWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, quantizers: Sequence[WeightQuantizer],
-                stats: AbsStats | None, *params: torch.Tensor) -> torch.Tensor:
+                stats: WeightStats | None, *params: torch.Tensor) -> torch.Tensor:
         stats = stats if stats is not None else _shared_stats(w, quantizers)
         out = None
         for k, (q, y_k) in enumerate(zip(quantizers, y.tolist())):
@@ -73,13 +73,13 @@ class CompositeWeight(torch.autograd.Function):
         return (grad_w, grad_y, None, None, *[grad_params.get(id(p)) for p in params])
 
 
-def _shared_stats(w: torch.Tensor, quantizers: Sequence[WeightQuantizer]) -> AbsStats | None:
-    """One pass of weight statistics for every candidate, when they agree on per_channel (none
-    when no candidate uses them)."""
+def _shared_stats(w: torch.Tensor, quantizers: Sequence[WeightQuantizer]) -> WeightStats | None:
+    """The fitted scales shared by every candidate, when they agree on per_channel (none when no
+    candidate uses them)."""
     if not any(q.uses_stats for q in quantizers):
         return None
     modes = {q.per_channel for q in quantizers}
-    return abs_stats(w, modes.pop()) if len(modes) == 1 else None
+    return WeightStats(w, modes.pop()) if len(modes) == 1 else None
 
 
 class MixedPrecisionChoice(nn.Module):
@@ -123,8 +123,8 @@ class MixedPrecisionChoice(nn.Module):
         (identity STE, no parameters), so a subset of rows can be quantized alone."""
         return all(q.identity_grad for q in self.quantizers)
 
-    def composite(self, w: torch.Tensor, stats: AbsStats | None = None) -> torch.Tensor:
-        """`sum_k y_k Q_k(w)`. `stats` (abs_stats of the whole weight) lets `w` be a subset of
+    def composite(self, w: torch.Tensor, stats: WeightStats | None = None) -> torch.Tensor:
+        """`sum_k y_k Q_k(w)`. `stats` (WeightStats of the whole weight) lets `w` be a subset of
         its rows: the result equals those rows of the composite of the whole weight."""
         if self.theta is None and stats is None:
             return self.quantizers[0](w)
