@@ -22,7 +22,7 @@ from nas_mpq.quant.functional import FIT_ITERS
 from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_matches, detach_input_choices_,
                             search_groups, to_float_)
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
+from .common import LMModule, OptimizerFactory, SpaceConfig, plateau_schedule, weight_param_groups
 
 FINALIZE_METHODS = ("admm", "ste")
 W_STEPS = ("gradient", "proximal")
@@ -35,7 +35,8 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 
 class FinalizeModule(LMModule):
-    """Trains `net` at `plan` (a plan.json path) with `method` "admm" or "ste".
+    """Trains `net` at `plan` (a plan.json path) with `method` "admm" or "ste"; `lr_decay` and
+    `lr_patience` decay the learning rate on a val/ppl plateau, as in LMTrainModule.
 
     Example:
         >>> module = FinalizeModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
@@ -47,7 +48,8 @@ class FinalizeModule(LMModule):
                  method: str = "admm", optimizer: OptimizerFactory = _default_optimizer,
                  rho: float = 1e-3, rho_growth: float = 1.1, rho_schedule: str = "multiplicative",
                  admm_every: int | None = None, proj_iters: int = FIT_ITERS, tol: float = 1e-3,
-                 w_step: str = "gradient", seed: int = 0) -> None:
+                 w_step: str = "gradient", lr_decay: float | None = None, lr_patience: int = 0,
+                 seed: int = 0) -> None:
         super().__init__(net, seed)
         if method not in FINALIZE_METHODS:
             raise ValueError(f"unknown finalize method {method!r}; valid: {list(FINALIZE_METHODS)}")
@@ -105,8 +107,9 @@ class FinalizeModule(LMModule):
             if self.admm.converged():
                 self.trainer.should_stop = True
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(weight_param_groups(self.net))
+    def configure_optimizers(self) -> Any:
+        return plateau_schedule(self.optimizer_factory(weight_param_groups(self.net)),
+                                self.hparams.lr_decay, self.hparams.lr_patience)
 
     # ---- evaluation on the projected model (ADMM) ------------------------------------------------
     def _swap_in_projection(self) -> None:

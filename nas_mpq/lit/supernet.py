@@ -1,12 +1,25 @@
 """The supernet search (ALGORITHMS.md sections 2-4) as a LightningModule with manual optimisation.
 
-Per training batch, after a warm-up with frozen choices:
-1. a batch of the held-out search split: L_val + lambda R; backward; clip theta grads; arch step;
-2. zero all grads;
-3. the training batch: L_train; backward; clip; weight step (weights and quantizer scales).
-`single_level=True` instead adds lambda R to the training loss and steps both optimisers on it.
-Temperature anneals geometrically tau_start -> tau_end over the run; lambda ramps linearly from 0
-after the warm-up. Validation runs the argmax plan (no noise).
+The algorithm as built (defaults in brackets):
+- theta starts inside the budget: theta_gk = -beta b_k with beta solved so that E[size] equals the
+  budget (`init_prior`), or from a sensitivity file (`init_sensitivity`);
+- per training batch, after a warm-up with frozen choices [10 % of the steps]:
+  1. a batch of the held-out search split: L_val + mu (E[S]/S_T - 1) [+ an entropy term late in
+     the search]; backward; clip theta grads; arch step; then the multiplier's dual ascent
+     `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the argmax plan's S/S_T: it
+     pushes bits down while the plan is over budget and (below 0) up while it stays under
+     [`penalty: lagrange`, dual_lr 0.05];
+  2. zero all grads;
+  3. the training batch: L_train; backward; clip; weight step (weights and quantizer scales);
+- the temperature anneals geometrically tau_start -> tau_end [1.0 -> 0.2], with hard
+  (straight-through one-hot) samples once tau < hard_below [0.5]; from `sharpen_from` [60 %] of
+  the steps an entropy term (size-weighted: sum_g n_g H(pi_g) / sum_g n_g) ramping to
+  `entropy_weight` [0.02] drives pi towards one-hot, so the
+  expectation that the budget term sees and the argmax plan agree at the end.
+`single_level=True` instead adds the budget term to the training loss and steps both optimisers
+on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
+two-sided), lambda ramped linearly after the warm-up. Validation runs the argmax plan (no noise).
+The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py).
 """
 from __future__ import annotations
 
@@ -44,10 +57,11 @@ class SupernetModule(LMModule):
                  budget: Budget | Mapping[str, Any] = Budget("avg_bits", 2.0),
                  optimizer: OptimizerFactory = _default_weight_optimizer,
                  arch_optimizer: OptimizerFactory = _default_arch_optimizer,
-                 lam: float = 5.0, penalty: str = "one_sided", warmup_fraction: float = 0.15,
-                 ramp_fraction: float = 0.25, tau_start: float = 5.0, tau_end: float = 0.5,
-                 hard_below: float | None = None, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
-                 single_level: bool = False, min_fill: float | None = 0.99,
+                 penalty: str = "lagrange", dual_lr: float = 0.05, lam: float = 5.0,
+                 warmup_fraction: float = 0.1, ramp_fraction: float = 0.25, tau_start: float = 1.0,
+                 tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
+                 sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
+                 single_level: bool = False, min_fill: float | None = None, init_prior: bool = True,
                  init_sensitivity: str | None = None, init_temperature: float = 1.0, seed: int = 0) -> None:
         super().__init__(net, seed)
         space = space if isinstance(space, SpaceConfig) else SpaceConfig(**space)
@@ -57,9 +71,13 @@ class SupernetModule(LMModule):
         self.hparams.update(space=asdict(space), budget=asdict(budget))
         if min_fill is not None and not 0.0 < min_fill <= 1.0:
             raise ValueError(f"min_fill must be in (0, 1] or None, got {min_fill}")
-        for name, v in (("warmup_fraction", warmup_fraction), ("ramp_fraction", ramp_fraction)):
+        for name, v in (("warmup_fraction", warmup_fraction), ("ramp_fraction", ramp_fraction),
+                        ("sharpen_from", sharpen_from)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
+        for name, v in (("dual_lr", dual_lr), ("entropy_weight", entropy_weight)):
+            if not v >= 0.0:
+                raise ValueError(f"{name} must be non-negative, got {v}")
         if tau_start <= 0 or tau_end <= 0:
             raise ValueError(f"temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
         if lam < 0:
@@ -73,8 +91,11 @@ class SupernetModule(LMModule):
         self.sampler.generator.manual_seed(seed)
         self.regularizer = BudgetRegularizer(self.net, budget, penalty)
         self.check_budget()
+        self.register_buffer("dual", torch.zeros(()))  # the budget's Lagrange multiplier mu
         if init_sensitivity is not None:
             self.init_choices_from(init_sensitivity, init_temperature)
+        elif init_prior:
+            self.regularizer.init_prior_()
         self._search_iter: Iterator | None = None
 
     # ---- set-up ---------------------------------------------------------------------------------
@@ -117,13 +138,19 @@ class SupernetModule(LMModule):
         step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
         return min(step / total, 1.0)
 
-    def schedule(self, p: float) -> tuple[float, float, bool]:
-        """(tau, lambda, arch_active) at progress p in [0, 1]."""
+    def schedule(self, p: float) -> tuple[float, float, bool, float]:
+        """(tau, budget weight, arch_active, entropy weight) at progress p in [0, 1]. The budget
+        weight is the multiplier mu (lagrange) or lambda ramped linearly after the warm-up."""
         h = self.hparams
         tau = h.tau_start * (h.tau_end / h.tau_start) ** p
         active = p >= h.warmup_fraction
-        ramp = 1.0 if h.ramp_fraction == 0 else min(max((p - h.warmup_fraction) / h.ramp_fraction, 0.0), 1.0)
-        return tau, h.lam * ramp if active else 0.0, active
+        if h.penalty == "lagrange":
+            weight = float(self.dual)
+        else:
+            ramp = 1.0 if h.ramp_fraction == 0 else min(max((p - h.warmup_fraction) / h.ramp_fraction, 0.0), 1.0)
+            weight = h.lam * ramp
+        sharpen = h.entropy_weight * max(0.0, (p - h.sharpen_from) / (1.0 - h.sharpen_from))
+        return tau, weight if active else 0.0, active, sharpen
 
     # ---- steps ----------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -138,13 +165,20 @@ class SupernetModule(LMModule):
             self._search_iter = iter(self.trainer.datamodule.search_dataloader())
             return next(self._search_iter)
 
+    def _arch_terms(self, weight: float, sharpen: float) -> torch.Tensor:
+        """The budget term, and the entropy term once the search sharpens its choices."""
+        quadratic = self.hparams.lam if self.hparams.penalty == "lagrange" else 0.0
+        terms = self.regularizer.penalty(weight, quadratic)
+        return terms + sharpen * self.regularizer.size_weighted_entropy() if sharpen > 0 else terms
+
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         w_opt, a_opt = self.optimizers()
-        tau, lam, active = self.schedule(self.progress(batch_idx))
+        tau, weight, active, sharpen = self.schedule(self.progress(batch_idx))
         self.sampler.tau = tau
         self.sampler.hard = self.hparams.hard_below is not None and tau < self.hparams.hard_below
-        if active and not self.hparams.single_level:
-            arch_loss = self.lm_loss(self._search_batch(), "search") + lam * self.regularizer.penalty()
+        single = self.hparams.single_level
+        if active and not single:
+            arch_loss = self.lm_loss(self._search_batch(), "search") + self._arch_terms(weight, sharpen)
             self.manual_backward(arch_loss)
             self.clip_gradients(a_opt, gradient_clip_val=self.hparams.arch_grad_clip,
                                 gradient_clip_algorithm="norm")
@@ -153,23 +187,26 @@ class SupernetModule(LMModule):
         w_opt.zero_grad()
         a_opt.zero_grad()
         loss = self.lm_loss(batch, "train")
-        total = loss + lam * self.regularizer.penalty() if active and self.hparams.single_level else loss
+        total = loss + self._arch_terms(weight, sharpen) if active and single else loss
         self.manual_backward(total)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         w_opt.step()
-        if active and self.hparams.single_level:
+        if active and single:
             a_opt.step()
         w_opt.zero_grad()
         a_opt.zero_grad()
+        if active and self.hparams.penalty == "lagrange":
+            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr))
         with torch.no_grad():
             self.log_dict({"train/loss": loss, "arch/expected_bits": self.regularizer.expected_avg_bits(),
+                           "arch/argmax_ratio": self.regularizer.argmax_measure() / self.regularizer.capacity,
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
-                           "arch/lambda": lam}, prog_bar=False)
+                           "arch/budget_weight": weight}, prog_bar=False)
         return loss
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan, repaired to meet the budget exactly."""
+        """The argmax plan, repaired to meet the budget (plan.extra["repair"] says how far)."""
         return derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from nas_mpq.plan import PrecisionPlan
 from nas_mpq.quant import check_bits
 from nas_mpq.search import apply_plan_, to_float_, uniform_plan
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
+from .common import LMModule, OptimizerFactory, SpaceConfig, plateau_schedule, weight_param_groups
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -22,6 +22,8 @@ class LMTrainModule(LMModule):
     """Trains `net` on the training split. With `plan` (a plan.json path) the network is first made
     a fixed-precision QAT model: every group goes through the quantizer of its planned bits;
     `uniform_bits` does the same with every group at one bit-width (the uniform baseline).
+    `lr_decay` multiplies the learning rate by that factor when val/ppl has not improved for
+    `lr_patience` epochs (ReduceLROnPlateau); pair it with an EarlyStopping callback.
 
     Example:
         >>> module = LMTrainModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
@@ -30,7 +32,8 @@ class LMTrainModule(LMModule):
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory = _default_optimizer,
                  space: SpaceConfig | Mapping[str, Any] | None = None, plan: str | None = None,
-                 uniform_bits: int | None = None, seed: int = 0) -> None:
+                 uniform_bits: int | None = None, lr_decay: float | None = None, lr_patience: int = 0,
+                 seed: int = 0) -> None:
         super().__init__(net, seed)
         space = space if space is None or isinstance(space, SpaceConfig) else SpaceConfig(**space)
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -63,5 +66,6 @@ class LMTrainModule(LMModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(weight_param_groups(self.net))
+    def configure_optimizers(self) -> Any:
+        return plateau_schedule(self.optimizer_factory(weight_param_groups(self.net)),
+                                self.hparams.lr_decay, self.hparams.lr_patience)

@@ -87,34 +87,30 @@ def _reduce(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1).reshape((-1,) + (1,) * (x.dim() - 1))
 
 
-def _grid_error(a: torch.Tensor, s: torch.Tensor, q: int, per_channel: bool) -> torch.Tensor:
-    return _reduce((torch.clamp(torch.round(a / s), -q, q) * s - a) ** 2, per_channel)
-
-
 def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int = FIT_ITERS) -> torch.Tensor:
     """The scale s minimising ||w - Q_b(w; s)||^2 (ALGORITHMS.md section 1), per tensor or per
     output channel, no gradient. b = 1: `mean|w|`, the exact optimum for sign codes. b >= 2: on at
-    most FIT_SAMPLE elements per scale, start from the best of a few candidate steps, then alternate codes `c = clip(round(w / s), -q, q)`
-    and `s = <w, c> / <c, c>` (each round can only lower the error). This one function gives the
-    scale in the search, sensitivity, QAT, ADMM's projection and export."""
+    most FIT_SAMPLE elements per scale, start from the best of a few candidate steps (all scored in
+    one batched pass), then alternate codes `c = clip(round(w / s), -q, q)` and
+    `s = <w, c> / <c, c>` (each round can only lower the error). This one function gives the scale
+    in the search, sensitivity, QAT, ADMM's projection and export."""
     a = w.detach()
     tiny = torch.finfo(a.dtype).tiny
     if bits == 1:
         return (_reduce(a.abs(), per_channel) / (a[0].numel() if per_channel else a.numel())).clamp_min(tiny)
-    a = _fit_sample(a, per_channel)
-    n = a[0].numel() if per_channel else a.numel()
     q = qmax(bits)
-    gauss = (_reduce(a * a, per_channel) / n).sqrt() * _STEP_PER_RMS.get(bits, 4.0 / q)
-    mx = (a.abs().reshape(a.shape[0], -1).amax(dim=1).reshape(gauss.shape) if per_channel
-          else a.abs().max())
-    starts = torch.stack([(gauss * m).clamp_min(tiny) for m in _START_MULTIPLES] + [(mx / q).clamp_min(tiny)])
-    errors = torch.stack([_grid_error(a, s, q, per_channel) for s in starts])
-    s = torch.gather(starts, 0, errors.argmin(dim=0, keepdim=True))[0]
+    a = _fit_sample(a, per_channel)
+    rows = a.reshape(a.shape[0], -1) if per_channel else a.reshape(1, -1)  # (scales, elements)
+    gauss = rows.square().mean(dim=1, keepdim=True).sqrt_() * _STEP_PER_RMS.get(bits, 4.0 / q)
+    starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [rows.abs().amax(dim=1, keepdim=True) / q], dim=1)
+    starts = starts.clamp_min_(tiny).T.unsqueeze(-1)  # (starts, scales, 1)
+    errors = (torch.clamp(torch.round(rows / starts), -q, q).mul_(starts).sub_(rows)).square_().sum(dim=-1)
+    s = torch.gather(starts.squeeze(-1), 0, errors.argmin(dim=0, keepdim=True)).T  # (scales, 1)
     for _ in range(iters):
-        c = torch.clamp(torch.round(a / s), -q, q)
-        cc = _reduce(c * c, per_channel)
-        s = torch.where(cc > 0, _reduce(a * c, per_channel) / cc.clamp_min(1.0), s).clamp_min(tiny)
-    return s
+        c = torch.clamp(torch.round(rows / s), -q, q)
+        cc = (c * c).sum(dim=1, keepdim=True)
+        s = torch.where(cc > 0, (rows * c).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
+    return s.reshape((-1,) + (1,) * (w.dim() - 1)) if per_channel else s.reshape(())
 
 
 class WeightStats:

@@ -5,9 +5,15 @@ the fixed part, with a_gk the budget's measure of group g at b_k (code bits; plu
 size budgets). Under a BitOps budget a group whose layer input is searched counts
 macs_g E[b_g] E[a_l] (independent choices: the expectation of the product is the product).
 
+Kinds: "lagrange" (default) adds `mu (E/S_T - 1)` with a multiplier mu that the caller raises by
+dual ascent while the plan is over budget and lowers once it is inside (`update_dual`);
+"one_sided" and "two_sided" are the squared penalties `lam max(0, E/S_T - 1)^2`, `lam (E/S_T - 1)^2`.
+
 Example:
     >>> reg = BudgetRegularizer(supernet, Budget("avg_bits", 2.0))
-    >>> loss = task_loss + lam * reg.penalty()
+    >>> reg.init_prior_()                            # theta_gk = -beta b_k, E[size] = budget
+    >>> loss = task_loss + reg.penalty(mu)
+    >>> mu = reg.update_dual(mu, lr=0.05)
 """
 from __future__ import annotations
 
@@ -18,13 +24,13 @@ from ..plan import ACTIVATION_BITS, Budget
 from .activations import activation_groups
 from .surgery import fixed_numel, search_groups
 
-PENALTIES = ("one_sided", "two_sided")
+PENALTIES = ("lagrange", "one_sided", "two_sided")
 
 
 class BudgetRegularizer:
     """Precomputes each group's cost vector once; `penalty()` is cheap enough for every step."""
 
-    def __init__(self, model: nn.Module, budget: Budget, kind: str = "one_sided") -> None:
+    def __init__(self, model: nn.Module, budget: Budget, kind: str = "lagrange") -> None:
         if kind not in PENALTIES:
             raise ValueError(f"unknown budget penalty {kind!r}; valid: {list(PENALTIES)}")
         groups = search_groups(model)
@@ -37,6 +43,7 @@ class BudgetRegularizer:
         # (group index, its layer's input choice, that choice's bits / 32): rescales the group's cost
         self.linked = [(i, inputs[g.plan.layer], torch.tensor([b / ACTIVATION_BITS for b in inputs[g.plan.layer].candidates]))
                        for i, g in enumerate(groups) if g.plan.layer in inputs]
+        self.inputs = list(inputs.values())
         self.bits = [torch.tensor([float(b) for b in g.choice.candidates]) for g in groups]
         self.numel = [g.plan.numel for g in groups]
         self.fixed = float(budget.fixed_cost(fixed))
@@ -49,11 +56,64 @@ class BudgetRegularizer:
             terms[i] = terms[i] * (act.probs() * scale.to(act.probs().device)).sum()
         return torch.stack(terms).sum() + self.fixed
 
-    def penalty(self) -> torch.Tensor:
-        """`max(0, E/S_T - 1)^2` (one_sided) or `(E/S_T - 1)^2` (two_sided): normalised, so a
-        lambda of about 1-10 works whatever the model size."""
-        ratio = self.expected() / self.capacity - 1.0
-        return (ratio.clamp_min(0.0) if self.kind == "one_sided" else ratio) ** 2
+    def argmax_measure(self) -> float:
+        """The measure of the argmax plan (what the plan would be without repair)."""
+        def at_argmax(c, values: torch.Tensor) -> float:
+            return float(values[int(c.theta.argmax())]) if c.theta is not None else float(values[0])
+
+        terms = [at_argmax(c, cost) for c, cost in zip(self.choices, self.costs)]
+        for i, act, scale in self.linked:
+            terms[i] *= at_argmax(act, scale)
+        return sum(terms) + self.fixed
+
+    def ratio(self) -> torch.Tensor:
+        """E[measure] / S_T: 1 is exactly on budget."""
+        return self.expected() / self.capacity
+
+    def penalty(self, weight: float | torch.Tensor = 1.0, quadratic: float = 0.0) -> torch.Tensor:
+        """lagrange: `weight g + quadratic / 2 g^2`, g = E/S_T - 1, with weight the multiplier mu
+        (an augmented Lagrangian: the quadratic term damps the multiplier's oscillation);
+        one_sided: `weight max(0, g)^2`; two_sided: `weight g^2`. Normalised by the budget, so
+        the same weights work whatever the model size."""
+        gap = self.ratio() - 1.0
+        if self.kind == "lagrange":
+            return weight * gap + 0.5 * quadratic * gap ** 2
+        return weight * (gap.clamp_min(0.0) if self.kind == "one_sided" else gap) ** 2
+
+    @torch.no_grad()
+    def update_dual(self, mu: float, lr: float) -> float:
+        """One dual-ascent step `mu + lr (r - 1)`, r the larger of E[measure] and the argmax
+        plan's measure over S_T. The multiplier grows while either is over budget and falls once
+        both are inside, below 0 when they stay under it (then the term pays for bits): the
+        search ends with an argmax plan that fits and uses the budget."""
+        r = max(float(self.ratio()), self.argmax_measure() / self.capacity)
+        return mu + lr * (r - 1.0)
+
+    @torch.no_grad()
+    def init_prior_(self, fill: float = 1.0) -> float:
+        """theta_gk = -beta b_k for every searched choice (weights and inputs), with beta >= 0
+        solved by bisection so that E[measure] = fill x budget (beta = 0, uniform choices, when
+        those are already inside it). The search starts feasible and the loss decides where bits
+        go; without it E[bits] starts at mean(B) (9.4 for {1, 2, 4, 8, 32}) and the budget term
+        drowns the loss. Returns beta."""
+        choices = [c for c in self.choices + self.inputs if c.theta is not None]
+        target = fill * self.capacity
+
+        def set_beta(beta: float) -> float:
+            for c in choices:
+                c.theta.copy_(-beta * torch.tensor([float(b) for b in c.candidates]))
+            return float(self.expected())
+
+        lo, hi = 0.0, 1.0
+        if set_beta(lo) <= target:
+            return lo
+        while set_beta(hi) > target and hi < 1e4:
+            lo, hi = hi, hi * 2.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if set_beta(mid) > target else (lo, mid)
+        set_beta(hi)
+        return hi
 
     def expected_avg_bits(self) -> torch.Tensor:
         """sum_g n_g sum_k pi_gk b_k / sum_g n_g."""
@@ -63,6 +123,17 @@ class BudgetRegularizer:
 
     def mean_entropy(self) -> torch.Tensor:
         """Mean entropy of pi over the searched groups (nats); falls as the search commits."""
-        ents = [-(p * p.clamp_min(1e-12).log()).sum()
-                for p in (c.probs() for c in self.choices if c.theta is not None)]
+        ents = [_entropy(c.probs()) for c in self.choices if c.theta is not None]
         return torch.stack(ents).mean() if ents else torch.tensor(0.0)
+
+    def size_weighted_entropy(self) -> torch.Tensor:
+        """sum_g n_g H(pi_g) / sum_g n_g: the sharpening term. A large group's undecided choice
+        moves the argmax plan's size most, so it is pushed to decide hardest."""
+        pairs = [(n, _entropy(c.probs())) for c, n in zip(self.choices, self.numel) if c.theta is not None]
+        if not pairs:
+            return torch.tensor(0.0)
+        return torch.stack([n * h for n, h in pairs]).sum() / sum(n for n, _ in pairs)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum()

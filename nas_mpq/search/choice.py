@@ -30,7 +30,6 @@ class CompositeWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, quantizers: Sequence[WeightQuantizer],
                 stats: WeightStats | None, *params: torch.Tensor) -> torch.Tensor:
-        stats = stats if stats is not None else _shared_stats(w, quantizers)
         out = None
         for k, (q, y_k) in enumerate(zip(quantizers, y.tolist())):
             if y_k == 0.0:  # a hard or one-hot y needs one quantization, not K
@@ -73,15 +72,6 @@ class CompositeWeight(torch.autograd.Function):
         return (grad_w, grad_y, None, None, *[grad_params.get(id(p)) for p in params])
 
 
-def _shared_stats(w: torch.Tensor, quantizers: Sequence[WeightQuantizer]) -> WeightStats | None:
-    """The fitted scales shared by every candidate, when they agree on per_channel (none when no
-    candidate uses them)."""
-    if not any(q.uses_stats for q in quantizers):
-        return None
-    modes = {q.per_channel for q in quantizers}
-    return WeightStats(w, modes.pop()) if len(modes) == 1 else None
-
-
 class MixedPrecisionChoice(nn.Module):
     """A categorical choice over candidate quantizers for one weight group.
 
@@ -99,6 +89,19 @@ class MixedPrecisionChoice(nn.Module):
         self.candidates: list[int] = bits
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
+        self._stats: tuple[tuple, WeightStats | None] | None = None
+
+    def shared_stats(self, w: torch.Tensor) -> WeightStats | None:
+        """The fitted scales of `w` shared by every candidate (None when they disagree on
+        per_channel or none uses them), kept until `w` changes: the search step on the choices
+        and the weight step that follows it fit each weight once, not twice."""
+        modes = {q.per_channel for q in self.quantizers}
+        if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
+            return None
+        key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
+        if self._stats is None or self._stats[0] != key:
+            self._stats = (key, WeightStats(w, modes.pop()))
+        return self._stats[1]
 
     def probs(self) -> torch.Tensor:
         """pi = softmax(theta) (ones for a single candidate)."""
@@ -130,6 +133,7 @@ class MixedPrecisionChoice(nn.Module):
             return self.quantizers[0](w)
         y = self.weights().to(w.device, w.dtype)
         params = [p for q in self.quantizers for p in q.parameters()]
+        stats = stats if stats is not None else self.shared_stats(w)
         return CompositeWeight.apply(w, y, list(self.quantizers), stats, *params)
 
     def extra_repr(self) -> str:

@@ -122,14 +122,43 @@ def _cheapest(bits: Sequence[int], costs: Sequence[float]) -> int:
 def repair_plan(plan: PrecisionPlan, candidates: Choices, probs: Mapping[str, Sequence[float]],
                 min_fill: float | None = None, act_candidates: Choices | None = None,
                 act_probs: Mapping[str, Sequence[float]] | None = None) -> PrecisionPlan:
-    """The plan closest to the search (max sum log pi, over weights and searched inputs) that meets
-    the budget, and with `min_fill` also uses at least that fraction of it: an argmax far below
-    the budget is topped up where the search was least sure, instead of leaving size unused."""
-    def neg_log(p: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
-        return {n: [-math.log(max(x, 1e-12)) for x in v] for n, v in p.items()}
+    """The plan closest to the search that meets the budget, priced by size: group g at b_k costs
+    `(n_g / mean n) (-log pi_gk)`, so a change moves bits where the search's probabilities
+    favour it per bit moved, not where a group is largest (-log pi alone costs the same for a
+    2.56M-weight embedding as for a 65k-weight gate). An argmax plan that meets the budget is
+    kept as it is; with `min_fill` the plan must also use at least that fraction of the budget
+    (off by default: a fill is not the search's choice). `plan.extra["repair"]` reports how far
+    the repair moved the search's plan (groups changed, bits moved) and is what to look at: a
+    large move means the search did not converge."""
+    sizes = [g.numel for g in plan.groups.values()]
+    mean = sum(sizes) / max(len(sizes), 1)
 
-    bits, acts = solve_knapsack(plan, candidates, neg_log(probs), min_fill, act_candidates,
-                                neg_log(act_probs) if act_probs is not None else None)
+    def neg_log(p: Mapping[str, Sequence[float]], weight: Mapping[str, float]) -> dict[str, list[float]]:
+        return {n: [weight.get(n, 1.0) * -math.log(max(x, 1e-12)) for x in v] for n, v in p.items()}
+
+    per_bit = {n: g.numel / mean for n, g in plan.groups.items()}
+    prunes_a_layer = any(all(plan.groups[n].bits == 0 for n in names) for names in layers(plan.groups).values())
+    if plan.meets_budget() and min_fill is None and not prunes_a_layer:
+        bits, acts = plan.bits, plan.activation_bits
+    else:
+        bits, acts = solve_knapsack(plan, candidates, neg_log(probs, per_bit), min_fill, act_candidates,
+                                    neg_log(act_probs, {}) if act_probs is not None else None)
     repaired = plan.with_bits(bits, acts)
     assert repaired.meets_budget(), "knapsack solution exceeds the budget"
+    repaired.extra["repair"] = repair_report(plan, repaired)
     return repaired
+
+
+def repair_report(before: PrecisionPlan, after: PrecisionPlan) -> dict[str, object]:
+    """How far a repair moved a plan: the groups it changed ({name: [from, to]}), the bits it moved
+    (sum n_g |b_after - b_before|) as a share of the searched weights' bits at the argmax, and
+    the average bits before and after."""
+    changed = {n: [g.bits, after.groups[n].bits] for n, g in before.groups.items() if g.bits != after.groups[n].bits}
+    moved = sum(g.numel * abs(after.groups[n].bits - g.bits) for n, g in before.groups.items())
+    total = sum(g.numel * g.bits for g in before.groups.values())
+    acts = {n: [a.bits, after.activations[n].bits] for n, a in before.activations.items()
+            if a.bits != after.activations[n].bits}
+    return {"groups_changed": len(changed), "changed": changed, "bits_moved": int(moved),
+            "bits_moved_share": moved / total if total else 0.0,
+            "argmax_avg_bits": before.size().avg_bits, "avg_bits": after.size().avg_bits,
+            **({"inputs_changed": acts} if acts else {})}

@@ -13,7 +13,6 @@ from torch import _VF, nn
 from torch.nn import functional as F
 
 from ..plan import slice_of
-from ..quant.functional import WeightStats
 from .choice import MixedPrecisionChoice
 from .space import LSTM_GATES
 
@@ -138,7 +137,7 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
         # quantize only the rows this batch looks up, with the statistics of the whole table
         # (per-row statistics come from the rows themselves)
         used, inverse = torch.unique(x, return_inverse=True)
-        stats = None if per_channel == {True} else WeightStats(self.weight, False)
+        stats = None if per_channel == {True} else choice.shared_stats(self.weight)
         rows = choice.composite(self.weight[used], stats)
         return F.embedding(inverse, rows, None, None, self.norm_type, self.scale_grad_by_freq, self.sparse)
 

@@ -200,10 +200,10 @@ def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = None,
-                min_fill: float | None = 0.99) -> PrecisionPlan:
-    """The plan of a supernet: argmax of theta per group, then (with a budget) the exact repair
-    by multiple-choice knapsack with cost -log pi, so the plan meets the budget and uses at least
-    `min_fill` of it (None: an argmax below the budget is kept as it is)."""
+                min_fill: float | None = None) -> PrecisionPlan:
+    """The plan of a supernet: argmax of theta per group, then (with a budget) the size-priced
+    knapsack repair (knapsack.repair_plan), so the plan meets the budget; with `min_fill` it also
+    uses at least that fraction of it. plan.extra["repair"] reports what the repair changed."""
     groups, acts = search_groups(model), activation_groups(model)
     activations = {a.name: ActivationPlan(a.choice.argmax_bits(), tuple(a.choice.probs().tolist())) for a in acts}
     plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),

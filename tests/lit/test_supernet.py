@@ -60,11 +60,69 @@ def test_single_level_runs(corpus_dir):
 
 def test_schedules():
     module = SupernetModule(tiny_lm(), warmup_fraction=0.2, ramp_fraction=0.4, tau_start=4.0, tau_end=1.0,
-                            lam=2.0)
-    assert module.schedule(0.0) == (4.0, 0.0, False)
-    tau, lam, active = module.schedule(0.4)
-    assert active and lam == pytest.approx(1.0) and tau == pytest.approx(4.0 * 0.25 ** 0.4)
-    assert module.schedule(1.0)[:2] == (pytest.approx(1.0), 2.0)
+                            lam=2.0, penalty="one_sided", entropy_weight=0.1, sharpen_from=0.5)
+    assert module.schedule(0.0) == (4.0, 0.0, False, 0.0)
+    tau, lam, active, sharpen = module.schedule(0.4)
+    assert active and lam == pytest.approx(1.0) and tau == pytest.approx(4.0 * 0.25 ** 0.4) and sharpen == 0.0
+    assert module.schedule(1.0) == (pytest.approx(1.0), 2.0, True, pytest.approx(0.1))
+    assert module.schedule(0.75)[3] == pytest.approx(0.05)
+    lagrange = SupernetModule(tiny_lm(), warmup_fraction=0.2)
+    lagrange.dual.fill_(0.3)
+    assert lagrange.schedule(0.1)[1:3] == (0.0, False) and lagrange.schedule(0.5)[1] == pytest.approx(0.3)
+
+
+def test_choices_start_at_the_budget():
+    """The prior theta_gk = -beta b_k puts E[bits] on the budget before any step; zeros would give
+    the mean candidate (9.4 bits for {1, 2, 4, 8, 32})."""
+    module = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 2.0))
+    assert float(module.regularizer.expected_avg_bits()) == pytest.approx(2.0, rel=1e-4)
+    theta = thetas(module)
+    assert torch.allclose(theta, theta[0].expand_as(theta))  # the same prior for every group
+    assert (theta[0].diff() < 0).all()  # fewer bits, more likely
+    flat = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 2.0), init_prior=False)
+    assert float(flat.regularizer.expected_avg_bits()) == pytest.approx(9.4)
+    roomy = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 20.0))
+    assert torch.equal(thetas(roomy), torch.zeros_like(thetas(roomy)))  # uniform already fits
+
+
+def test_dual_ascent_pushes_only_the_way_the_budget_needs():
+    module = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 2.0))
+    reg = module.regularizer
+    assert reg.update_dual(0.0, 0.1) == pytest.approx(0.1 * (max(float(reg.ratio()), reg.argmax_measure() / reg.capacity) - 1))
+    with torch.no_grad():
+        for g in search_groups(module.net):
+            g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0]))  # everything at 32 bits: over
+    assert reg.update_dual(0.0, 0.1) > 0.0
+    with torch.no_grad():
+        for g in search_groups(module.net):
+            g.choice.theta.copy_(torch.tensor([9.0, 0.0, 0.0, 0.0, 0.0]))  # everything at 1 bit: under
+    assert reg.update_dual(0.0, 0.1) < 0.0
+    # the budget term's gradient then favours more bits (mu < 0) or fewer (mu > 0)
+    for mu, sign in ((-1.0, -1.0), (1.0, 1.0)):
+        module.net.zero_grad()
+        reg.penalty(mu).backward()
+        one_bit = torch.stack([g.choice.theta.grad[0] for g in search_groups(module.net)])
+        assert (torch.sign(one_bit) == -sign).all()  # gradient descent raises 1 bit's logit when mu > 0
+
+
+def test_search_ends_on_the_budget_with_several_bit_widths(corpus_dir):
+    """Before any repair, the argmax plan's average bits is within 10 % of the budget and the plan
+    uses at least three bit-widths (the search neither collapses to the lowest bits nor leaves the
+    expectation and the argmax apart)."""
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=32), budget=Budget("avg_bits", 2.0), seed=0,
+                            arch_optimizer=lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.5, 0.999)))
+    trainer = pl.Trainer(max_epochs=4, limit_train_batches=40, limit_val_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=datamodule(corpus_dir))
+    argmax_bits = [g.choice.argmax_bits() for g in search_groups(module.net)]
+    numel = [g.plan.numel for g in search_groups(module.net)]
+    avg = sum(b * n for b, n in zip(argmax_bits, numel)) / sum(numel)
+    assert 1.8 <= avg <= 2.2, (avg, argmax_bits)
+    assert len(set(argmax_bits)) >= 3, argmax_bits
+    plan = module.derive_plan()
+    assert plan.extra["repair"]["argmax_avg_bits"] == pytest.approx(avg)
 
 
 def test_bad_input_before_training():

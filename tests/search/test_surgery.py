@@ -103,5 +103,9 @@ def test_derive_plan_with_budget_meets_it():
             g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))  # argmax 32 bits
     plan = derive_plan(net, space, Budget("avg_bits", 3.0))
     assert plan.meets_budget()
-    assert 0.99 * 3.0 <= plan.size().avg_bits <= 3.0  # uses the budget it has
     assert set(plan.bits.values()) <= {1, 2, 4, 8, 32}
+    report = plan.extra["repair"]
+    assert report["argmax_avg_bits"] == 32.0
+    assert report["groups_changed"] == sum(b != 32 for b in plan.bits.values()) >= len(plan.groups) - 2
+    filled = derive_plan(net, space, Budget("avg_bits", 3.0), min_fill=0.99)
+    assert 0.99 * 3.0 <= filled.size().avg_bits <= 3.0  # asked to, it uses the budget it has
