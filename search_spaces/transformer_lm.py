@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nas_mpq.search.space import GroupRule, SearchSpace
+from nas_mpq.search.space import GroupRule, SearchSpace, vocabulary_buckets
 
 from . import register_search_space
 
@@ -21,20 +21,22 @@ GRANULARITIES = ("tensor", "head")
 def transformer_lm_space(candidates: list[int] | None = None, granularity: str = "tensor",
                          blocks: int | None = None, prune: bool = False, method: str = "uniform",
                          per_channel: bool = False,
-                         activation_candidates: list[int] | None = None) -> SearchSpace:
+                         activation_candidates: list[int] | None = None,
+                         freq_buckets: int | None = None) -> SearchSpace:
     """`granularity="head"` gives per-head groups for Q, K, V and O; `blocks` is then the
     network's number of heads. `prune` adds the 0-bit candidate to the per-head groups (a head
-    can be removed; never every head of a projection)."""
+    can be removed; never every head of a projection). `freq_buckets=N` splits the token
+    embedding and the softmax layer into N frequency buckets of rows."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r} for transformer_lm; valid: {list(GRANULARITIES)}")
-    cands = sorted(set(candidates or DEFAULT_CANDIDATES))
-    rules: list[GroupRule] = []
+    cands = sorted(set(candidates if candidates is not None else DEFAULT_CANDIDATES))
+    rules: list[GroupRule] = vocabulary_buckets(freq_buckets)
     if granularity == "head":
         if blocks is None:
             raise ValueError("granularity 'head' needs blocks = the number of attention heads")
         heads = sorted(set(cands) | {0}) if prune else cands
-        rules = [GroupRule("*.attn.[qkv]", granularity="head", blocks=blocks, candidates=heads),
-                 GroupRule("*.attn.o", granularity="head", blocks=blocks, axis=1, candidates=heads)]
+        rules += [GroupRule("*.attn.[qkv]", granularity="head", blocks=blocks, candidates=heads),
+                  GroupRule("*.attn.o", granularity="head", blocks=blocks, axis=1, candidates=heads)]
     elif prune:
         raise ValueError("prune needs granularity 'head' (a whole projection is never pruned)")
     return SearchSpace("transformer_lm", cands, rules=rules, method=method, per_channel=per_channel,
@@ -79,7 +81,7 @@ class Block(nn.Module):
                        example_args={"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 2,
                                      "max_len": 16, "dropout": 0.0},
                        example_space={"granularity": "head", "blocks": 2, "prune": True,
-                                      "activation_candidates": [4, 8, 32]})
+                                      "activation_candidates": [4, 8, 32], "freq_buckets": 2})
 class TransformerLM(nn.Module):
     """Token + learned position embeddings -> `num_layers` pre-LN blocks -> LayerNorm -> softmax
     layer. The forward takes and returns a hidden state like the LSTM LM (always None: each BPTT

@@ -25,7 +25,9 @@ class SpaceConfig:
     """Which registered search space, and overrides of its defaults (None keeps the default):
     `blocks` is the number of heads (transformer_lm, granularity head) or of output-channel
     blocks (cnn, granularity block); `prune` adds the 0-bit candidate where the space allows it;
-    `activation_candidates` searches the input bit-width of every Linear/Conv layer."""
+    `activation_candidates` searches the input bit-width of every Linear/Conv layer;
+    `freq_buckets` splits a language model's embedding and softmax layer into that many frequency
+    buckets of rows."""
 
     name: str = "lstm_lm"
     candidates: list[int] | None = None
@@ -35,6 +37,7 @@ class SpaceConfig:
     blocks: int | None = None
     prune: bool | None = None
     activation_candidates: list[int] | None = None
+    freq_buckets: int | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The options set here (what a packed model stores to rebuild the space)."""

@@ -42,6 +42,36 @@ def block_slices(param: str, size: int, labels: Sequence[str], axis: int = 0) ->
             for i, label in enumerate(labels)}
 
 
+def zipf_bucket_rows(rows: int, buckets: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of a frequency-sorted vocabulary (row r the (r+1)-th most frequent
+    token) in `buckets` buckets holding equal shares of the tokens, with token frequencies taken
+    as Zipfian (f_r proportional to 1 / (r + 1)): the first bucket is a few very frequent words,
+    the last the long tail. Every bucket has at least one row."""
+    if not 1 <= buckets <= rows:
+        raise ValueError(f"cannot split {rows} vocabulary rows into {buckets} frequency buckets")
+    mass = torch.cumsum(1.0 / torch.arange(1, rows + 1, dtype=torch.float64), 0)
+    mass /= float(mass[-1])
+    stops = [int(torch.searchsorted(mass, k / buckets)) + 1 for k in range(1, buckets)] + [rows]
+    bounds, start = [], 0
+    for i, stop in enumerate(stops):
+        stop = max(stop, start + 1)
+        stop = min(stop, rows - (buckets - 1 - i))  # leave a row for every later bucket
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class FreqBuckets(NamedTuple):
+    """Split an embedding or softmax weight into `buckets` frequency buckets of rows (zipf_bucket_rows),
+    labelled f0 (most frequent) .. f<buckets-1>."""
+
+    buckets: int
+
+    def slices(self, w: torch.Tensor) -> dict[str, GroupSlice]:
+        return {f"weight:f{i}": GroupSlice("weight", bounds)
+                for i, bounds in enumerate(zipf_bucket_rows(w.shape[0], self.buckets))}
+
+
 class BlockSplit(NamedTuple):
     """Split a layer's weight into `blocks` equal blocks along `axis`, labelled `prefix<i>`
     (attention heads: "h0", "h1", ...; output-channel blocks: "b0", ...)."""
@@ -57,7 +87,7 @@ class BlockSplit(NamedTuple):
                             self.axis)
 
 
-def _weight_groups(mod: nn.Module, split: BlockSplit | None) -> dict[str, GroupSlice]:
+def _weight_groups(mod: nn.Module, split: BlockSplit | FreqBuckets | None) -> dict[str, GroupSlice]:
     return {"weight": GroupSlice("weight")} if split is None else split.slices(mod.weight)
 
 
@@ -94,7 +124,7 @@ class SearchLinear(SearchableMixin, nn.Linear):
     @classmethod
     def from_float(cls, mod: nn.Linear, make_choice: ChoiceFactory,
                    shared: dict[str, MixedPrecisionChoice] | None = None,
-                   split: BlockSplit | None = None) -> "SearchLinear":
+                   split: BlockSplit | FreqBuckets | None = None) -> "SearchLinear":
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = mod.in_features, mod.out_features
@@ -118,20 +148,21 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
 
     @classmethod
     def from_float(cls, mod: nn.Embedding, make_choice: ChoiceFactory,
-                   shared: dict[str, MixedPrecisionChoice] | None = None) -> "SearchEmbedding":
+                   shared: dict[str, MixedPrecisionChoice] | None = None,
+                   split: FreqBuckets | None = None) -> "SearchEmbedding":
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         for f in cls._FIELDS:
             setattr(new, f, getattr(mod, f))
         new.weight = mod.weight
-        new._init_choices({"weight": GroupSlice("weight")}, make_choice, shared)
+        new._init_choices(_weight_groups(mod, split), make_choice, shared)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        choice = self.choices["weight"]
-        per_channel = {q.per_channel for q in choice.quantizers}
-        if (self.padding_idx is not None or self.max_norm is not None or not choice.elementwise
-                or len(per_channel) != 1):
+        choice = self.choices["weight"] if "weight" in self.choices else None
+        per_channel = {q.per_channel for q in choice.quantizers} if choice is not None else set()
+        if (choice is None or self.padding_idx is not None or self.max_norm is not None
+                or not choice.elementwise or len(per_channel) != 1):
             return F.embedding(x, self.composite_weight("weight"), self.padding_idx, self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.sparse)
         # quantize only the rows this batch looks up, with the statistics of the whole table
@@ -231,3 +262,7 @@ SEARCHABLE: dict[type[nn.Module], type[SearchableMixin]] = {
     nn.Linear: SearchLinear, nn.Embedding: SearchEmbedding, nn.LSTM: SearchLSTM, nn.Conv2d: SearchConv2d,
 }
 """Float layer type -> its searchable subclass."""
+
+SPLITTABLE = {SearchLinear: ("head", "block", "freq_buckets"), SearchConv2d: ("head", "block"),
+              SearchEmbedding: ("freq_buckets",)}
+"""Which row/column splits each searchable layer takes."""

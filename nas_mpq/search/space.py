@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 from ..quant import QUANT_METHODS, check_activation_bits, check_bits
 
-GRANULARITIES = ("tensor", "gate", "head", "block")
+GRANULARITIES = ("tensor", "gate", "head", "block", "freq_buckets")
 """tensor: one group per weight; gate: an LSTM weight per gate (i, f, g, o); head: `blocks` equal
 blocks along `axis` labelled h0.. (attention heads); block: `blocks` equal blocks of output
-channels (rows) labelled b0.."""
+channels (rows) labelled b0..; freq_buckets: `blocks` row ranges of an embedding or softmax layer
+over a frequency-sorted vocabulary, each holding an equal share of the tokens (labelled f0..)."""
 LSTM_GATES = ("i", "f", "g", "o")
 
 
@@ -35,10 +36,10 @@ class GroupRule:
         if self.granularity is not None and self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r} in rule {self.pattern!r}; "
                              f"valid: {list(GRANULARITIES)}")
-        if self.granularity in ("head", "block") and not (isinstance(self.blocks, int) and self.blocks >= 1):
+        if self.granularity in ("head", "block", "freq_buckets") and not (isinstance(self.blocks, int) and self.blocks >= 1):
             raise ValueError(f"granularity {self.granularity!r} in rule {self.pattern!r} needs blocks >= 1, "
                              f"got {self.blocks!r}")
-        if self.axis not in (0, 1) or (self.granularity == "block" and self.axis != 0):
+        if self.axis not in (0, 1) or (self.granularity in ("block", "freq_buckets") and self.axis != 0):
             raise ValueError(f"axis must be 0 (rows) or 1 (columns, head granularity only) in rule "
                              f"{self.pattern!r}, got {self.axis!r}")
         if self.candidates is not None:
@@ -79,3 +80,11 @@ def _check_candidates(candidates: list[int]) -> list[int]:
     if len(set(bits)) != len(bits):
         raise ValueError(f"candidate bit-widths must be distinct, got {list(candidates)}")
     return sorted(bits)
+
+
+def vocabulary_buckets(buckets: int | None, patterns: tuple[str, ...] = ("encoder", "decoder")) -> list[GroupRule]:
+    """Rules splitting a language model's embedding and softmax layer (`patterns`) into `buckets`
+    frequency buckets of rows; none for None."""
+    if buckets is None:
+        return []
+    return [GroupRule(p, granularity="freq_buckets", blocks=buckets) for p in patterns]

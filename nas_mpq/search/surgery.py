@@ -24,8 +24,9 @@ from .choice import GumbelSampler, MixedPrecisionChoice
 from .knapsack import repair_plan
 from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_,
                           detach_input_choices_, move_input_choice)
-from .layers import SEARCHABLE, BlockSplit, SearchableMixin, SearchConv2d, SearchEmbedding, SearchLSTM
-from .space import SearchSpace
+from .layers import (SEARCHABLE, SPLITTABLE, BlockSplit, FreqBuckets, SearchableMixin, SearchConv2d,
+                     SearchLSTM)
+from .space import GroupRule, SearchSpace
 
 _SAMPLER = "_nas_mpq_sampler"
 _HOOK = "_nas_mpq_hook"
@@ -70,7 +71,7 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
     from `sampler` in training mode and uses the argmax in eval mode."""
     to_float_(model)
     detach_input_choices_(model)
-    by_param: dict[int, MixedPrecisionChoice] = {}
+    by_param: dict[int, dict[str, MixedPrecisionChoice]] = {}
     inputs: dict[str, list[int]] = dict(activation_candidates or {})
     for module_name, mod in list(model.named_modules()):
         cls = SEARCHABLE.get(type(mod))
@@ -83,19 +84,17 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
             return MixedPrecisionChoice([make_quantizer(b, w, space.method, space.per_channel)
                                          for b in bits])
 
-        shared = {"weight": by_param[id(mod.weight)]} if id(getattr(mod, "weight", None)) in by_param else None
+        shared = by_param.get(id(getattr(mod, "weight", None)))
+        split = _split_for(rule, cls, module_name)
         if cls is SearchLSTM:
             granularity = (rule.granularity if rule and rule.granularity else "gate")
             new = SearchLSTM.from_float(mod, make_choice, granularity)
-        elif rule is not None and rule.granularity in ("head", "block"):
-            if cls is SearchEmbedding:
-                raise ValueError(f"granularity {rule.granularity!r} (rule {rule.pattern!r}) does not apply "
-                                 f"to the embedding {module_name!r}")
-            split = BlockSplit(rule.blocks, rule.axis, "h" if rule.granularity == "head" else "b")
-            new = cls.from_float(mod, make_choice, shared, split)
         else:
-            new = cls.from_float(mod, make_choice, shared)
-            by_param.setdefault(id(mod.weight), new.choices["weight"])
+            new = cls.from_float(mod, make_choice, shared, split)
+            if shared is not None and set(shared) != set(new.choices):
+                raise ValueError(f"{module_name!r} shares its weight with a layer grouped differently "
+                                 f"({sorted(shared)} vs {sorted(new.choices)}); give tied layers the same granularity")
+            by_param.setdefault(id(mod.weight), dict(new.choices))
         _set_submodule(model, module_name, new)
         if activation_candidates is None and space.activation_candidates and isinstance(new, ACTIVATION_LAYERS):
             inputs[module_name] = space.activation_candidates
@@ -108,6 +107,19 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
         setattr(model, _SAMPLER, sampler)
         setattr(model, _HOOK, model.register_forward_pre_hook(partial(_resample, sampler, searched)))
     return model
+
+
+def _split_for(rule: GroupRule | None, cls: type, module_name: str) -> BlockSplit | FreqBuckets | None:
+    """The row/column split a rule asks of a layer (None: one group), or ValueError if the layer
+    cannot take it."""
+    if rule is None or rule.granularity in (None, "tensor", "gate"):
+        return None
+    if rule.granularity not in SPLITTABLE.get(cls, ()):
+        raise ValueError(f"granularity {rule.granularity!r} (rule {rule.pattern!r}) does not apply to the "
+                         f"{cls.__name__.removeprefix('Search').lower()} {module_name!r}")
+    if rule.granularity == "freq_buckets":
+        return FreqBuckets(rule.blocks)
+    return BlockSplit(rule.blocks, rule.axis, "h" if rule.granularity == "head" else "b")
 
 
 @torch.no_grad()
