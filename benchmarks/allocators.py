@@ -11,10 +11,12 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/random-s<k>/      random plan at B, seed k
   avg<B>/nas-s<k>/         NAS search at B, seed k (<configs>/search.yaml)
   avg<B>/nas-kl-s<k>/      NAS search initialised from the KL sensitivity, seed k
-  avg<B>/fin-<arm>/        finalize of that arm's plan (<configs>/finalize.yaml), seed k;
-                           fin-uniform<b>/ for the uniform plan (only where b bits meets B exactly)
+  avg<B>/uniform<b>/       the uniform b-bit plan (only where b bits is exactly B)
+  avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
+                           deterministic plans included, is finalized once per seed
 
-Prints JSON (every run and the per-arm mean / std of test and validation perplexity), writes
+Each run directory records the arguments it was made with (bench_run.json); a finished run made
+with other arguments stops the benchmark instead of being reused. Prints JSON (every run and the per-arm mean / std of test and validation perplexity), writes
 <run_dir>/allocators.json and <run_dir>/allocators.png (test perplexity against average bits,
 error bars = one standard deviation over seeds).
 
@@ -37,12 +39,25 @@ ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl")
 
 
 def stage(args: list[str], run_dir: Path, result: str, log: dict[str, float]) -> dict:
-    """`nas-mpq args --run_dir run_dir` unless run_dir/result exists; its metrics.json."""
-    if not (run_dir / result).exists():
-        start = time.perf_counter()
-        resume = ["--resume", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
-        subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir), *resume], check=True)
-        log[str(run_dir)] = round(time.perf_counter() - start, 1)
+    """`nas-mpq args --run_dir run_dir` unless that run finished (its metrics.json, written last);
+    its metrics.json. run_dir/bench_run.json records the arguments and seconds: a finished run made
+    with other arguments is an error, never reused silently; an unfinished one is resumed."""
+    record = run_dir / "bench_run.json"
+    if (run_dir / "metrics.json").exists():
+        done = json.loads(record.read_text()) if record.exists() else {"args": args, "seconds": None}
+        if done["args"] != args:
+            raise SystemExit(f"error: {run_dir} holds a run made with other arguments ({done['args']}); "
+                             f"move it away to rerun it with {args}")
+        record.write_text(json.dumps(done) + "\n")
+        log[str(run_dir)] = done["seconds"]
+        return json.loads((run_dir / "metrics.json").read_text())
+    start = time.perf_counter()
+    again = ["--resume", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
+    if (run_dir / result).exists():  # stopped between its result and its metrics: redo it
+        again = ["--overwrite", "true"]
+    subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir), *again], check=True)
+    log[str(run_dir)] = round(time.perf_counter() - start, 1)
+    record.write_text(json.dumps({"args": args, "seconds": log[str(run_dir)]}) + "\n")
     return json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -91,20 +106,20 @@ class Bench:
 
 
 def run_arm(bench: Bench, arm: str, budget: float, seeds: list[int], candidates: list[int]) -> list[dict]:
-    """The finalized runs of one arm at one budget (one per seed where the arm has seeds)."""
+    """The finalized runs of one arm at one budget, one per seed: the seed of the search or random
+    plan and of its finalize; a deterministic plan (uniform, KL, Hessian) is finalized once per
+    seed, so every arm's spread covers the finalize's."""
     base = bench.root / f"avg{budget:g}"
     runs = []
-    if arm == "uniform":
-        bits = uniform_bits(budget, candidates)
-        if bits is None:
-            return []
-        plan = bench.uniform_plan(base / f"uniform{bits}", budget, bits)
-        return [bench.finalize(base / f"fin-uniform{bits}", plan, 0)]
-    if arm in ("kl", "hessian"):
-        plan = bench.sensitivity(base / f"sens-{arm}", arm, budget)
-        return [bench.finalize(base / f"fin-{arm}", plan, 0)]
     for seed in seeds:
-        if arm == "random":
+        if arm == "uniform":
+            bits = uniform_bits(budget, candidates)
+            if bits is None:
+                return []
+            plan = bench.uniform_plan(base / f"uniform{bits}", budget, bits)
+        elif arm in ("kl", "hessian"):
+            plan = bench.sensitivity(base / f"sens-{arm}", arm, budget)
+        elif arm == "random":
             plan = bench.sensitivity(base / f"random-s{seed}", "random", budget, seed)
         elif arm == "nas":
             plan = bench.search(base / f"nas-s{seed}", budget, seed)

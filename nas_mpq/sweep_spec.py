@@ -12,7 +12,7 @@ outer hyperparameters as dotted config keys of the stage configs (the same keys 
     overrides: {finalize.trainer.max_epochs: 2}     # fixed for every trial
     parameters:
       search.model.budget.value: {low: 1.0, high: 4.0}
-      search.model.lam: {low: 0.5, high: 20.0, log: true}
+      search.model.dual_lr: {low: 0.01, high: 0.3, log: true}
       search.model.space.candidates: {choices: [[1, 2, 4, 8], [1, 2, 4, 8, 32]]}
 
 Every key is checked against the stage parsers before any trial runs (`check_stage_keys`).

@@ -92,14 +92,20 @@ def weight_param_groups(net: nn.Module, exclude: Iterable[nn.Parameter] = ()) ->
     return groups
 
 
+def check_plateau(lr_decay: float | None, lr_patience: int) -> None:
+    """ValueError, before any training, for a learning-rate decay outside (0, 1) or a negative patience."""
+    if lr_decay is not None and not 0.0 < lr_decay < 1.0:
+        raise ValueError(f"lr_decay must be in (0, 1) (the factor the learning rate is multiplied by), got {lr_decay}")
+    if lr_patience < 0:
+        raise ValueError(f"lr_patience must be a non-negative number of epochs, got {lr_patience}")
+
+
 def plateau_schedule(optimizer: torch.optim.Optimizer, lr_decay: float | None,
                      lr_patience: int = 0) -> torch.optim.Optimizer | dict[str, Any]:
     """`optimizer`, or Lightning's optimizer config with ReduceLROnPlateau on val/ppl: the
     learning rate is multiplied by `lr_decay` after `lr_patience` epochs without improvement."""
     if lr_decay is None:
         return optimizer
-    if not 0.0 < lr_decay < 1.0 or lr_patience < 0:
-        raise ValueError(f"lr_decay must be in (0, 1) and lr_patience >= 0, got {lr_decay}, {lr_patience}")
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=lr_decay,
                                                            patience=lr_patience)
     return {"optimizer": optimizer,

@@ -22,7 +22,7 @@ from nas_mpq.quant.functional import FIT_ITERS
 from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_matches, detach_input_choices_,
                             search_groups, to_float_)
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, plateau_schedule, weight_param_groups
+from .common import LMModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
 
 FINALIZE_METHODS = ("admm", "ste")
 W_STEPS = ("gradient", "proximal")
@@ -51,6 +51,7 @@ class FinalizeModule(LMModule):
                  w_step: str = "gradient", lr_decay: float | None = None, lr_patience: int = 0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
+        check_plateau(lr_decay, lr_patience)
         if method not in FINALIZE_METHODS:
             raise ValueError(f"unknown finalize method {method!r}; valid: {list(FINALIZE_METHODS)}")
         if w_step not in W_STEPS:

@@ -191,6 +191,7 @@ class SupernetModule(LMModule):
         self.manual_backward(total)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         w_opt.step()
+        self._clear_scales()
         if active and single:
             a_opt.step()
         w_opt.zero_grad()
@@ -203,6 +204,10 @@ class SupernetModule(LMModule):
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
+
+    def _clear_scales(self) -> None:
+        for g in search_groups(self.net):
+            g.choice.clear_stats()
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:
@@ -219,4 +224,6 @@ class SupernetModule(LMModule):
             raise ValueError("checkpoint has no search state (choices' sampler); it was not written "
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
+        checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
+        self._clear_scales()
         super().on_load_checkpoint(checkpoint)

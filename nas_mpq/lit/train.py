@@ -11,7 +11,7 @@ from nas_mpq.plan import PrecisionPlan
 from nas_mpq.quant import check_bits
 from nas_mpq.search import apply_plan_, to_float_, uniform_plan
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, plateau_schedule, weight_param_groups
+from .common import LMModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -35,6 +35,7 @@ class LMTrainModule(LMModule):
                  uniform_bits: int | None = None, lr_decay: float | None = None, lr_patience: int = 0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
+        check_plateau(lr_decay, lr_patience)
         space = space if space is None or isinstance(space, SpaceConfig) else SpaceConfig(**space)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)

@@ -93,15 +93,24 @@ class MixedPrecisionChoice(nn.Module):
 
     def shared_stats(self, w: torch.Tensor) -> WeightStats | None:
         """The fitted scales of `w` shared by every candidate (None when they disagree on
-        per_channel or none uses them), kept until `w` changes: the search step on the choices
-        and the weight step that follows it fit each weight once, not twice."""
+        per_channel or none uses them), kept until `w` changes (its version counter) or
+        `clear_stats` is called: the search step on the choices and the weight step that follows
+        it fit each weight once, not twice."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
+        if w.is_inference():  # no version counter to key on: fit afresh
+            return WeightStats(w, modes.pop())
         key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
         if self._stats is None or self._stats[0] != key:
             self._stats = (key, WeightStats(w, modes.pop()))
         return self._stats[1]
+
+    def clear_stats(self) -> None:
+        """Forget the kept scales. Changes that bypass the version counter (fused optimizers,
+        writes through `.data`) do not invalidate them, so a training loop clears them after
+        every weight step."""
+        self._stats = None
 
     def probs(self) -> torch.Tensor:
         """pi = softmax(theta) (ones for a single candidate)."""

@@ -165,8 +165,8 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
                 or not choice.elementwise or len(per_channel) != 1):
             return F.embedding(x, self.composite_weight("weight"), self.padding_idx, self.max_norm,
                                self.norm_type, self.scale_grad_by_freq, self.sparse)
-        # quantize only the rows this batch looks up, with the statistics of the whole table
-        # (per-row statistics come from the rows themselves)
+        # one group (no frequency buckets): quantize only the rows this batch looks up, with the
+        # scales of the whole table (per-row scales come from the rows themselves)
         used, inverse = torch.unique(x, return_inverse=True)
         stats = None if per_channel == {True} else choice.shared_stats(self.weight)
         rows = choice.composite(self.weight[used], stats)

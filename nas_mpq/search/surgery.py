@@ -24,7 +24,7 @@ from .choice import GumbelSampler, MixedPrecisionChoice
 from .knapsack import repair_plan
 from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_,
                           detach_input_choices_, move_input_choice)
-from .layers import (SEARCHABLE, SPLITTABLE, BlockSplit, FreqBuckets, SearchableMixin, SearchConv2d,
+from .layers import (SEARCHABLE, SPLITTABLE, BlockSplit, FreqBuckets, GroupSlice, SearchableMixin, SearchConv2d,
                      SearchLSTM)
 from .space import GroupRule, SearchSpace
 
@@ -72,6 +72,7 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
     to_float_(model)
     detach_input_choices_(model)
     by_param: dict[int, dict[str, MixedPrecisionChoice]] = {}
+    slices: dict[int, dict[str, GroupSlice]] = {}
     inputs: dict[str, list[int]] = dict(activation_candidates or {})
     for module_name, mod in list(model.named_modules()):
         cls = SEARCHABLE.get(type(mod))
@@ -91,10 +92,11 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
             new = SearchLSTM.from_float(mod, make_choice, granularity)
         else:
             new = cls.from_float(mod, make_choice, shared, split)
-            if shared is not None and set(shared) != set(new.choices):
+            if shared is not None and slices[id(mod.weight)] != new.slices:
                 raise ValueError(f"{module_name!r} shares its weight with a layer grouped differently "
                                  f"({sorted(shared)} vs {sorted(new.choices)}); give tied layers the same granularity")
             by_param.setdefault(id(mod.weight), dict(new.choices))
+            slices.setdefault(id(mod.weight), dict(new.slices))
         _set_submodule(model, module_name, new)
         if activation_candidates is None and space.activation_candidates and isinstance(new, ACTIVATION_LAYERS):
             inputs[module_name] = space.activation_candidates

@@ -168,3 +168,17 @@ def test_proximal_admm_w_step_pulls_weights_onto_the_tables(corpus_dir, tmp_path
     assert residuals["proximal"] < 0.5 * residuals["gradient"]
     with pytest.raises(ValueError, match="unknown ADMM W-step 'newton'"):
         FinalizeModule(tiny_lm(vocab=200, dim=16), str(plan_path), w_step="newton")
+
+
+def test_learning_rate_decay_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\).*got 1.5"):
+        LMTrainModule(tiny_lm(), lr_decay=1.5)
+    with pytest.raises(ValueError, match="lr_patience must be a non-negative number of epochs, got -1"):
+        LMTrainModule(tiny_lm(), lr_decay=0.5, lr_patience=-1)
+    plan_path = uniform_plan(tiny_lm(), lstm_lm_space(), 2).save(tmp_path / "plan.json")
+    with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\).*got 0.0"):
+        FinalizeModule(tiny_lm(), str(plan_path), lr_decay=0.0)
+    module = LMTrainModule(tiny_lm(), lr_decay=0.5, lr_patience=2)
+    config = module.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["monitor"] == "val/ppl" and scheduler.factor == 0.5 and scheduler.patience == 2

@@ -132,3 +132,22 @@ def test_embedding_quantizes_looked_up_rows_like_the_whole_table(per_channel, ca
     assert torch.allclose(rows[1], table[1], atol=1e-6)
     if choice.theta is not None:
         assert torch.allclose(rows[2], table[2], atol=1e-5)
+
+
+def test_shared_scales_follow_the_weight_and_clear_on_request():
+    from nas_mpq.quant import make_quantizer
+    from nas_mpq.quant.functional import fit_scale
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 8))
+    choice = MixedPrecisionChoice([make_quantizer(b, w) for b in (1, 4, 32)])
+    first = choice.shared_stats(w)
+    assert choice.shared_stats(w) is first  # the search step and the weight step share one fit
+    with torch.no_grad():
+        w.mul_(3.0)  # an in-place optimizer step bumps the version: a fresh fit
+    assert torch.equal(choice.shared_stats(w).scale(4), fit_scale(w, 4))
+    w.data.mul_(2.0)  # a write that bypasses the version counter (as fused optimizers do) ...
+    choice.clear_stats()  # ... is why training loops clear the kept scales after every step
+    assert torch.equal(choice.shared_stats(w).scale(4), fit_scale(w, 4))
+    with torch.inference_mode():
+        rows = w[:4] * 1.0
+        assert torch.equal(choice.shared_stats(rows).scale(4), fit_scale(rows, 4))
