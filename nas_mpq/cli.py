@@ -127,7 +127,10 @@ class StageCLI(LightningCLI):
                                      auto_insert_metric_name=False,
                                      monitor=None if every_epoch else "val/ppl", mode="min",
                                      save_top_k=-1 if every_epoch else 1)
-        kwargs.setdefault("callbacks", []).extend([checkpoint, *self.extra_callbacks])
+        # LightningCLI lets a `callbacks` keyword replace the config's trainer.callbacks: keep both
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        kwargs["callbacks"] = [*configured, *kwargs.get("callbacks", []), checkpoint, *self.extra_callbacks]
         trainer = super().instantiate_trainer(**kwargs)
         if not self.config.trainer.logger or self.config.trainer.logger is True:
             wandb = self.wandb_config().logger(self.run_dir, self.stage)

@@ -123,6 +123,9 @@ def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys)
     assert type(cli.model.net) is type(net)
     weights = {k: v.shape for k, v in cli.model.net.state_dict().items() if ".choices." not in k}
     assert weights == {k: v.shape for k, v in net.state_dict().items()}
+    # callbacks the config names (early stopping) reach the trainer beside the stage's checkpointing
+    named = {c["class_path"].rsplit(".", 1)[1] for c in cfg.get(stage, cfg).get("trainer", {}).get("callbacks", [])}
+    assert named | {"ModelCheckpoint"} <= {type(c).__name__ for c in cli.trainer.callbacks}
     with pytest.raises(SystemExit):
         main([stage, "--config", str(path), "--print_config", *extra])
     printed = yaml.safe_load(capsys.readouterr().out)
