@@ -6,7 +6,6 @@ throughout; `lsq_quantize` carries the LSQ step-size gradient.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -53,31 +52,24 @@ _START_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
 
 
 FIT_SAMPLE = 1 << 16
-"""The fit reads at most this many elements per scale (a fixed, evenly spread subset of a larger
-weight): the error curve is flat near its minimum, so the scale is as good, at a cost per step
-independent of the layer's size (the whole 2.56M-weight embedding would cost more than a step)."""
-
-
-@functools.lru_cache(maxsize=64)
-def _spread_index(n: int, m: int, device: torch.device) -> torch.Tensor:
-    """m distinct indices spread over range(n) by a multiplicative hash (no aliasing with rows)."""
-    step = int(n * 0.6180339887498949) | 1
-    while math.gcd(step, n) != 1:
-        step += 2
-    return (torch.arange(m, dtype=torch.int64) * step % n).to(device)
+"""The fit reads at most this many elements per scale (every k-th row of a larger weight): the
+error curve is flat near its minimum, so the scale is as good, at a cost per step independent of
+the layer's size (the whole 2.56M-weight embedding would cost more than a step)."""
 
 
 def _fit_sample(a: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """`a`, or the evenly spread subset of it that the scale fit reads (per channel: of each row)."""
+    """What the scale fit reads, as (scales, elements): all of `a`, or for a larger weight every
+    k-th row (per tensor; whole rows, so no column is left out) or every k-th element of each row
+    (per channel), at most FIT_SAMPLE elements per scale. Strided views, no copy."""
     if per_channel:
         rows = a.reshape(a.shape[0], -1)
         m = max(FIT_SAMPLE // a.shape[0], 1024)
-        if rows.shape[1] <= m:
-            return a
-        return rows[:, _spread_index(rows.shape[1], m, a.device)].reshape((a.shape[0], m) + (1,) * max(a.dim() - 2, 0))
+        return rows if rows.shape[1] <= m else rows[:, ::-(-rows.shape[1] // m)]
     if a.numel() <= FIT_SAMPLE:
-        return a
-    return a.reshape(-1)[_spread_index(a.numel(), FIT_SAMPLE, a.device)]
+        return a.reshape(1, -1)
+    rows = a.reshape(a.shape[0], -1) if a.dim() > 1 and a.shape[0] > 1 else a.reshape(-1, 1)
+    step = -(-a.numel() // FIT_SAMPLE)
+    return rows[::step].reshape(1, -1) if rows.shape[0] >= step else a.reshape(1, -1)[:, ::step]
 
 
 def _reduce(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -98,9 +90,12 @@ def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int 
     tiny = torch.finfo(a.dtype).tiny
     if bits == 1:
         return (_reduce(a.abs(), per_channel) / (a[0].numel() if per_channel else a.numel())).clamp_min(tiny)
-    q = qmax(bits)
-    a = _fit_sample(a, per_channel)
-    rows = a.reshape(a.shape[0], -1) if per_channel else a.reshape(1, -1)  # (scales, elements)
+    return _fit(_fit_sample(a, per_channel), bits, iters).reshape((-1,) + (1,) * (w.dim() - 1) if per_channel else ())
+
+
+def _fit(rows: torch.Tensor, bits: int, iters: int) -> torch.Tensor:
+    """fit_scale on a (scales, elements) sample: one scale per row, shape (scales, 1)."""
+    q, tiny = qmax(bits), torch.finfo(rows.dtype).tiny
     gauss = rows.square().mean(dim=1, keepdim=True).sqrt_() * _STEP_PER_RMS.get(bits, 4.0 / q)
     starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [rows.abs().amax(dim=1, keepdim=True) / q], dim=1)
     starts = starts.clamp_min_(tiny).T.unsqueeze(-1)  # (starts, scales, 1)
@@ -110,7 +105,7 @@ def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int 
         c = torch.clamp(torch.round(rows / s), -q, q)
         cc = (c * c).sum(dim=1, keepdim=True)
         s = torch.where(cc > 0, (rows * c).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
-    return s.reshape((-1,) + (1,) * (w.dim() - 1)) if per_channel else s.reshape(())
+    return s
 
 
 class WeightStats:
@@ -121,10 +116,19 @@ class WeightStats:
     def __init__(self, w: torch.Tensor, per_channel: bool = False) -> None:
         self.weight, self.per_channel = w.detach(), per_channel
         self._scales: dict[int, torch.Tensor] = {}
+        self._sample: torch.Tensor | None = None
 
     def scale(self, bits: int) -> torch.Tensor:
+        """fit_scale(weight, bits, per_channel), the sample of the weight read once for every width."""
         if bits not in self._scales:
-            self._scales[bits] = fit_scale(self.weight, bits, self.per_channel)
+            if bits == 1:
+                self._scales[bits] = fit_scale(self.weight, 1, self.per_channel)
+            else:
+                if self._sample is None:
+                    self._sample = _fit_sample(self.weight, self.per_channel).contiguous()
+                s = _fit(self._sample, bits, FIT_ITERS)
+                shape = (-1,) + (1,) * (self.weight.dim() - 1) if self.per_channel else ()
+                self._scales[bits] = s.reshape(shape)
         return self._scales[bits]
 
 
