@@ -38,7 +38,11 @@ ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl")
 """In the order they run: the most informative figures first, so a stopped run has them."""
 
 
-def stage(args: list[str], run_dir: Path, result: str, log: dict[str, float]) -> dict:
+class NotRun(Exception):
+    """A run that does not exist: --report_only found it unfinished, or the arm has none here."""
+
+
+def stage(args: list[str], run_dir: Path, result: str, log: dict[str, float], run: bool = True) -> dict:
     """`nas-mpq args --run_dir run_dir` unless that run finished (its metrics.json, written last);
     its metrics.json. run_dir/bench_run.json records the arguments and seconds: a finished run made
     with other arguments is an error, never reused silently; an unfinished one is resumed."""
@@ -51,6 +55,8 @@ def stage(args: list[str], run_dir: Path, result: str, log: dict[str, float]) ->
         record.write_text(json.dumps(done) + "\n")
         log[str(run_dir)] = done["seconds"]
         return json.loads((run_dir / "metrics.json").read_text())
+    if not run:
+        raise NotRun(str(run_dir))
     start = time.perf_counter()
     again = ["--resume", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
     if (run_dir / result).exists():  # stopped between its result and its metrics: redo it
@@ -67,42 +73,42 @@ def uniform_bits(budget: float, candidates: list[int]) -> int | None:
 
 
 class Bench:
-    def __init__(self, configs: Path, root: Path, timings: dict[str, float]) -> None:
-        self.configs, self.root, self.timings = configs, root, timings
+    def __init__(self, configs: Path, root: Path, timings: dict[str, float], run: bool = True) -> None:
+        self.configs, self.root, self.timings, self.run = configs, root, timings, run
         self.fp32_ckpt = str(root / "fp32" / "model.ckpt")
 
     def cfg(self, name: str) -> str:
         return str(self.configs / f"{name}.yaml")
 
     def fp32(self) -> dict:
-        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", "model.ckpt", self.timings)
+        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", "model.ckpt", self.timings, self.run)
 
     def fp32_continued(self) -> dict:
         return stage(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt", self.fp32_ckpt],
-                     self.root / "fp32-continued", "model.ckpt", self.timings)
+                     self.root / "fp32-continued", "model.ckpt", self.timings, self.run)
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
         stage(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
                "--num_batches", "2", "--model.budget.value", str(budget), "--seed_everything", str(seed)],
-              folder, "plan.json", self.timings)
+              folder, "plan.json", self.timings, self.run)
         return folder / "plan.json"
 
     def search(self, folder: Path, budget: float, seed: int, init: Path | None = None) -> Path:
         more = ["--model.init_sensitivity", str(init)] if init is not None else []
         stage(["search", "--config", self.cfg("search"), "--init_ckpt", self.fp32_ckpt,
                "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
-               *more], folder, "plan.json", self.timings)
+               *more], folder, "plan.json", self.timings, self.run)
         return folder / "plan.json"
 
     def uniform_plan(self, folder: Path, budget: float, bits: int) -> Path:
         stage(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", "uniform",
-               "--bits", str(bits), "--model.budget.value", str(budget)], folder, "plan.json", self.timings)
+               "--bits", str(bits), "--model.budget.value", str(budget)], folder, "plan.json", self.timings, self.run)
         return folder / "plan.json"
 
     def finalize(self, folder: Path, plan: Path, seed: int) -> dict:
         return stage(["finalize", "--config", self.cfg("finalize"), "--init_ckpt", self.fp32_ckpt,
                       "--plan", str(plan), "--seed_everything", str(seed), "--model.seed", str(seed)],
-                     folder, "model.safetensors", self.timings)
+                     folder, "model.safetensors", self.timings, self.run)
 
 
 def run_arm(bench: Bench, arm: str, budget: float, seeds: list[int], candidates: list[int]) -> list[dict]:
@@ -112,22 +118,30 @@ def run_arm(bench: Bench, arm: str, budget: float, seeds: list[int], candidates:
     base = bench.root / f"avg{budget:g}"
     runs = []
     for seed in seeds:
-        if arm == "uniform":
-            bits = uniform_bits(budget, candidates)
-            if bits is None:
-                return []
-            plan = bench.uniform_plan(base / f"uniform{bits}", budget, bits)
-        elif arm in ("kl", "hessian"):
-            plan = bench.sensitivity(base / f"sens-{arm}", arm, budget)
-        elif arm == "random":
-            plan = bench.sensitivity(base / f"random-s{seed}", "random", budget, seed)
-        elif arm == "nas":
-            plan = bench.search(base / f"nas-s{seed}", budget, seed)
-        else:  # nas_kl
-            bench.sensitivity(base / "sens-kl", "kl", budget)
-            plan = bench.search(base / f"nas-kl-s{seed}", budget, seed, base / "sens-kl" / "sensitivity.json")
-        runs.append(bench.finalize(base / f"fin-{arm}-s{seed}", plan, seed))
+        try:
+            runs.append(_finalized(bench, arm, budget, seed, candidates, base))
+        except NotRun:
+            continue
     return runs
+
+
+def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: list[int], base: Path) -> dict:
+    """The finalized run of one arm, budget and seed (NotRun if --report_only finds it missing)."""
+    if arm == "uniform":
+        bits = uniform_bits(budget, candidates)
+        if bits is None:
+            raise NotRun(f"no uniform plan is exactly avg {budget:g} bits")
+        plan = bench.uniform_plan(base / f"uniform{bits}", budget, bits)
+    elif arm in ("kl", "hessian"):
+        plan = bench.sensitivity(base / f"sens-{arm}", arm, budget)
+    elif arm == "random":
+        plan = bench.sensitivity(base / f"random-s{seed}", "random", budget, seed)
+    elif arm == "nas":
+        plan = bench.search(base / f"nas-s{seed}", budget, seed)
+    else:  # nas_kl
+        bench.sensitivity(base / "sens-kl", "kl", budget)
+        plan = bench.search(base / f"nas-kl-s{seed}", budget, seed, base / "sens-kl" / "sensitivity.json")
+    return bench.finalize(base / f"fin-{arm}-s{seed}", plan, seed)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -175,12 +189,17 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 32],
                     help="the search space's candidates (for the uniform arm)")
+    ap.add_argument("--report_only", action="store_true",
+                    help="run nothing: summarise the finished runs (a table of an unfinished benchmark)")
     args = ap.parse_args()
     root = Path(args.run_dir)
     timings: dict[str, float] = {}
-    bench = Bench(Path(args.configs), root, timings)
+    bench = Bench(Path(args.configs), root, timings, run=not args.report_only)
     fp32 = bench.fp32()
-    continued = bench.fp32_continued()
+    try:
+        continued = bench.fp32_continued()
+    except NotRun:
+        continued = {}
     results: dict[str, dict[str, dict]] = {}
     for seed_pass in ([args.seeds[0]], args.seeds[1:]):  # every arm's first seed before any second
         for budget in args.budgets:
@@ -189,11 +208,11 @@ def main() -> None:
     for budget in args.budgets:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in args.arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
-    arms_val = [s["val_ppl"]["mean"] for b in results.values() for s in b.values() if s["val_ppl"]["mean"]]
+    arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
     out = {"configs": args.configs, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            "fp32_continued": {k: continued.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
-           "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),
+           "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
            "budgets": results, "seconds": timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(results, fp32, root / "allocators.png")
