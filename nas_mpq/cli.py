@@ -211,9 +211,13 @@ def run_search(argv: list[str], callbacks: list[Any] = ()) -> int:
                "budget": {"kind": module.budget.kind, "value": module.budget.value},
                "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
                "compression": r.compression, "avg_bits": r.avg_bits,
-               "bits_used": sorted(set(plan.bits.values())),
+               "bits_used": sorted(set(plan.bits.values())), "repair": plan.extra.get("repair"),
                **({"activation_bits": plan.activation_bits} if plan.activations else {})}
     print(plan.summary_table())
+    repair = plan.extra.get("repair") or {}
+    print(f"repair: {repair.get('groups_changed', 0)} groups changed, {repair.get('bits_moved', 0)} bits moved "
+          f"(argmax plan avg {repair.get('argmax_avg_bits', r.avg_bits):.3f} bits -> {r.avg_bits:.3f}): "
+          f"{repair.get('changed', {})}")
     cli.finish(metrics, plan)
     return 0
 

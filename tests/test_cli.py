@@ -9,18 +9,21 @@ import yaml
 from nas_mpq.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-def test_pretrain_search_qat_pipeline(config, tmp_path):
+def test_pretrain_search_qat_pipeline(config, tmp_path, capsys):
     fp32, run = tmp_path / "fp32", tmp_path / "search"
     assert main(["pretrain", "--config", str(config), "--run_dir", str(fp32)]) == 0
     metrics = json.loads((fp32 / "metrics.json").read_text())
     assert metrics["test_ppl"] > 1 and (fp32 / "model.ckpt").is_file()
     assert main(["search", "--config", str(config), "--run_dir", str(run),
                  "--init_ckpt", str(fp32 / "model.ckpt")]) == 0
+    assert "groups changed" in capsys.readouterr().out
     plan = json.loads((run / "plan.json").read_text())
     assert plan["format"] == "nas-mpq.plan/2" and plan["avg_bits"] <= 2.0
     assert (run / "plan.png").stat().st_size > 1000
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["val_ppl_history"]) == 2 and m["size_bits"] == plan["size_bits"]
+    # how far the repair moved the search's plan: in plan.json, metrics.json and the log
+    assert m["repair"] == plan["repair"] and plan["repair"]["avg_bits"] == pytest.approx(plan["avg_bits"])
     assert sorted((run / "checkpoints").iterdir())[0].name == "epoch=0.ckpt"
     assert (run / "logs").is_dir()
     qat = tmp_path / "qat"
