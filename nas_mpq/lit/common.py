@@ -60,7 +60,7 @@ def load_net_weights(net: nn.Module, ckpt_path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # data, never code
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"{path} is not a readable Lightning checkpoint ({e})") from None
     weights = {k[4:]: v for k, v in state.items() if k.startswith("net.") and not _machinery(k)}

@@ -196,11 +196,12 @@ class SupernetModule(LMModule):
             a_opt.step()
         w_opt.zero_grad()
         a_opt.zero_grad()
+        argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if active and self.hparams.penalty == "lagrange":
-            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr))
+            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr, argmax_ratio))
         with torch.no_grad():
             self.log_dict({"train/loss": loss, "arch/expected_bits": self.regularizer.expected_avg_bits(),
-                           "arch/argmax_ratio": self.regularizer.argmax_measure() / self.regularizer.capacity,
+                           "arch/argmax_ratio": argmax_ratio,
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss

@@ -86,11 +86,7 @@ def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int 
     one batched pass), then alternate codes `c = clip(round(w / s), -q, q)` and
     `s = <w, c> / <c, c>` (each round can only lower the error). This one function gives the scale
     in the search, sensitivity, QAT, ADMM's projection and export."""
-    a = w.detach()
-    tiny = torch.finfo(a.dtype).tiny
-    if bits == 1:
-        return (_reduce(a.abs(), per_channel) / (a[0].numel() if per_channel else a.numel())).clamp_min(tiny)
-    return _fit(_fit_sample(a, per_channel), bits, iters).reshape((-1,) + (1,) * (w.dim() - 1) if per_channel else ())
+    return WeightStats(w, per_channel).scale(bits, iters)
 
 
 def _fit(rows: torch.Tensor, bits: int, iters: int) -> torch.Tensor:
@@ -115,21 +111,23 @@ class WeightStats:
 
     def __init__(self, w: torch.Tensor, per_channel: bool = False) -> None:
         self.weight, self.per_channel = w.detach(), per_channel
-        self._scales: dict[int, torch.Tensor] = {}
+        self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._sample: torch.Tensor | None = None
 
-    def scale(self, bits: int) -> torch.Tensor:
+    def scale(self, bits: int, iters: int = FIT_ITERS) -> torch.Tensor:
         """fit_scale(weight, bits, per_channel), the sample of the weight read once for every width."""
-        if bits not in self._scales:
+        key = (bits, iters)
+        if key not in self._scales:
+            a, tiny = self.weight, torch.finfo(self.weight.dtype).tiny
             if bits == 1:
-                self._scales[bits] = fit_scale(self.weight, 1, self.per_channel)
+                n = a[0].numel() if self.per_channel else a.numel()
+                self._scales[key] = (_reduce(a.abs(), self.per_channel) / n).clamp_min(tiny)
             else:
                 if self._sample is None:
-                    self._sample = _fit_sample(self.weight, self.per_channel).contiguous()
-                s = _fit(self._sample, bits, FIT_ITERS)
-                shape = (-1,) + (1,) * (self.weight.dim() - 1) if self.per_channel else ()
-                self._scales[bits] = s.reshape(shape)
-        return self._scales[bits]
+                    self._sample = _fit_sample(a, self.per_channel).contiguous()
+                shape = (-1,) + (1,) * (a.dim() - 1) if self.per_channel else ()
+                self._scales[key] = _fit(self._sample, bits, iters).reshape(shape)
+        return self._scales[key]
 
 
 def uniform_codes(w: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:

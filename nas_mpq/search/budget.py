@@ -81,12 +81,14 @@ class BudgetRegularizer:
         return weight * (gap.clamp_min(0.0) if self.kind == "one_sided" else gap) ** 2
 
     @torch.no_grad()
-    def update_dual(self, mu: float, lr: float) -> float:
+    def update_dual(self, mu: float, lr: float, argmax_ratio: float | None = None) -> float:
         """One dual-ascent step `mu + lr (r - 1)`, r the larger of E[measure] and the argmax
-        plan's measure over S_T. The multiplier grows while either is over budget and falls once
-        both are inside, below 0 when they stay under it (then the term pays for bits): the
+        plan's measure over S_T (`argmax_ratio`, computed when not given). The multiplier grows
+        while either is over budget and falls once both are inside, below 0 when they stay under it (then the term pays for bits): the
         search ends with an argmax plan that fits and uses the budget."""
-        r = max(float(self.ratio()), self.argmax_measure() / self.capacity)
+        if argmax_ratio is None:
+            argmax_ratio = self.argmax_measure() / self.capacity
+        r = max(float(self.ratio()), argmax_ratio)
         return mu + lr * (r - 1.0)
 
     @torch.no_grad()

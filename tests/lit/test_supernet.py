@@ -182,3 +182,19 @@ def test_learning_rate_decay_is_checked_before_training(tmp_path):
     config = module.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["monitor"] == "val/ppl" and scheduler.factor == 0.5 and scheduler.patience == 2
+
+
+class _RunsOnLoad:
+    """A pickled object whose unpickling would call a function: what a crafted checkpoint carries."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    from nas_mpq.lit import load_net_weights
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {"net.encoder.weight": torch.zeros(1)}, "payload": _RunsOnLoad()}, path)
+    with pytest.raises(ValueError, match="is not a readable Lightning checkpoint"):
+        load_net_weights(tiny_lm(), path)
+    assert "unpickled code ran" not in capsys.readouterr().out
