@@ -15,18 +15,29 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
 
-Each run directory records the arguments it was made with (bench_run.json); a finished run made
-with other arguments stops the benchmark instead of being reused. Prints JSON (every run and the per-arm mean / std of test and validation perplexity), writes
-<run_dir>/allocators.json and <run_dir>/allocators.png (test perplexity against average bits,
-error bars = one standard deviation over seeds).
+Each run directory records the arguments and the config's digest it was made with
+(bench_run.json); a finished run made with other arguments or an edited config stops the benchmark
+instead of being reused. `--ledger FILE` keeps every finished run's small results (plans,
+sensitivities, metrics) in FILE (benchmarks/results/*.json, committed), so the benchmark continues
+on another machine: kept runs are restored, not rerun, and the FP32 model is retrained (it must
+reproduce the kept figure) only when a stage that needs it is still to run. Arms may run in
+separate processes side by side (`--arms ...`) on one ledger. Prints JSON (every run and the
+per-arm mean / std of test and validation perplexity), writes <run_dir>/allocators.json and
+<run_dir>/allocators.png (test perplexity against average bits, error bars = one standard
+deviation over seeds).
 
-    python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm
-    python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer
+    python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm \
+        --ledger benchmarks/results/allocators-lstm.json
+    python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer \
+        --ledger benchmarks/results/allocators-transformer.json
     python benchmarks/allocators.py ... --budgets 2.0 --seeds 0 --arms uniform nas   # a first look
+    python benchmarks/allocators.py ... --report_only                                # the table so far
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import statistics
 import subprocess
@@ -34,37 +45,119 @@ import sys
 import time
 from pathlib import Path
 
-ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl")
-"""In the order they run: the most informative figures first, so a stopped run has them."""
+ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued")
+"""In the order they run: the most informative figures first, so a stopped run has them. Arms can
+run in several processes side by side (`--arms`), sharing one --ledger."""
 
 
 class NotRun(Exception):
     """A run that does not exist: --report_only found it unfinished, or the arm has none here."""
 
 
-def stage(args: list[str], run_dir: Path, result: str, log: dict[str, float], run: bool = True) -> dict:
-    """`nas-mpq args --run_dir run_dir` unless that run finished (its metrics.json, written last);
-    its metrics.json. run_dir/bench_run.json records the arguments and seconds: a finished run made
-    with other arguments is an error, never reused silently; an unfinished one is resumed."""
+KEPT = ("plan.json", "sensitivity.json", "metrics.json")
+"""A finished run's small results, in the order they are restored (metrics.json, the marker, last)."""
+
+
+def config_digest(args: list[str]) -> str:
+    """SHA-256 of the config file a stage's arguments name: a config edited since a run was made
+    makes that run stale even though its arguments are the same."""
+    config = Path(args[args.index("--config") + 1])
+    return hashlib.sha256(config.read_bytes()).hexdigest()
+
+
+class Ledger:
+    """Every finished run's arguments, config digest, seconds and small results (plans,
+    sensitivities, metrics) in one JSON file (benchmarks/results/, committed): a run directory that
+    is gone (a fresh machine, a cleaned runs/) is restored from it instead of rerun, so the
+    benchmark continues across machines. Checkpoints are not kept; the FP32 model is retrained
+    when a stage that needs it still has to run, and must reproduce the kept validation figure."""
+
+    def __init__(self, path: Path | None, root: Path) -> None:
+        self.path, self.root = path, root
+        self.runs: dict[str, dict] = json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def key(self, run_dir: Path) -> str:
+        return run_dir.relative_to(self.root).as_posix()
+
+    def entry(self, run_dir: Path) -> dict | None:
+        """The kept run, its arguments with this benchmark's run directory in them (kept as {root})."""
+        entry = self.runs.get(self.key(run_dir))
+        return None if entry is None else {**entry, "args": [a.replace("{root}", str(self.root)) for a in entry["args"]]}
+
+    def restore(self, run_dir: Path) -> None:
+        entry = self.entry(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            if name in entry["files"]:
+                (run_dir / name).write_text(entry["files"][name])
+        (run_dir / "bench_run.json").write_text(json.dumps(
+            {"args": entry["args"], "config_sha256": entry["config_sha256"], "seconds": entry["seconds"],
+             "restored_from": str(self.path)}) + "\n")
+
+    def record(self, run_dir: Path, done: dict) -> None:
+        """Add a finished run; merged under a lock with what other benchmark processes (other arms
+        run side by side) added since, and replaced atomically."""
+        if self.path is None:
+            return
+        files = {name: (run_dir / name).read_text() for name in KEPT if (run_dir / name).exists()}
+        args = [a.replace(str(self.root), "{root}") for a in done["args"]]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.runs.update(json.loads(self.path.read_text()))
+            self.runs[self.key(run_dir)] = {"args": args, "config_sha256": done["config_sha256"],
+                                            "seconds": done["seconds"], "files": files}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dict(sorted(self.runs.items())), indent=1) + "\n")
+            tmp.replace(self.path)
+
+
+def stage(args: list[str], run_dir: Path, result: str, bench: "Bench", before_run=None, restore: bool = True) -> dict:
+    """`nas-mpq args --run_dir run_dir` unless that run finished (its metrics.json, written last)
+    here or in the ledger; its metrics. run_dir/bench_run.json records the arguments, the config's
+    digest and the seconds: a finished run made with other arguments or another config is an
+    error, never reused silently; an unfinished one is resumed. `before_run` is called only when
+    the stage really runs (it makes sure the FP32 checkpoint exists); `restore=False` ignores the
+    ledger (a run retrained for its checkpoint)."""
     record = run_dir / "bench_run.json"
+    digest = config_digest(args)
+    entry = bench.ledger.entry(run_dir) if restore else None
+    if not (run_dir / "metrics.json").exists() and entry is not None:
+        _check_same(run_dir, entry, args, digest, f"the ledger {bench.ledger.path}")
+        bench.ledger.restore(run_dir)
     if (run_dir / "metrics.json").exists():
         done = json.loads(record.read_text()) if record.exists() else {"args": args, "seconds": None}
-        if done["args"] != args:
-            raise SystemExit(f"error: {run_dir} holds a run made with other arguments ({done['args']}); "
-                             f"move it away to rerun it with {args}")
+        done.setdefault("config_sha256", digest)  # runs recorded before digests were kept
+        _check_same(run_dir, done, args, digest, str(run_dir))
         record.write_text(json.dumps(done) + "\n")
-        log[str(run_dir)] = done["seconds"]
+        if bench.ledger.entry(run_dir) is None:
+            bench.ledger.record(run_dir, done)
+        bench.timings[str(run_dir)] = done["seconds"]
         return json.loads((run_dir / "metrics.json").read_text())
-    if not run:
+    if not bench.run:
         raise NotRun(str(run_dir))
+    if before_run is not None:
+        before_run()
     start = time.perf_counter()
     again = ["--resume", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
     if (run_dir / result).exists():  # stopped between its result and its metrics: redo it
         again = ["--overwrite", "true"]
     subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir), *again], check=True)
-    log[str(run_dir)] = round(time.perf_counter() - start, 1)
-    record.write_text(json.dumps({"args": args, "seconds": log[str(run_dir)]}) + "\n")
+    done = {"args": args, "config_sha256": digest, "seconds": round(time.perf_counter() - start, 1)}
+    bench.timings[str(run_dir)] = done["seconds"]
+    record.write_text(json.dumps(done) + "\n")
+    bench.ledger.record(run_dir, done)
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _check_same(run_dir: Path, done: dict, args: list[str], digest: str, where: str) -> None:
+    if done["args"] != args:
+        raise SystemExit(f"error: {where} holds a run of {run_dir} made with other arguments ({done['args']}); "
+                         f"move it away to rerun it with {args}")
+    if done["config_sha256"] != digest:
+        raise SystemExit(f"error: {where} holds a run of {run_dir} made with another version of "
+                         f"{args[args.index('--config') + 1]}; move it away to rerun it")
 
 
 def uniform_bits(budget: float, candidates: list[int]) -> int | None:
@@ -73,42 +166,64 @@ def uniform_bits(budget: float, candidates: list[int]) -> int | None:
 
 
 class Bench:
-    def __init__(self, configs: Path, root: Path, timings: dict[str, float], run: bool = True) -> None:
-        self.configs, self.root, self.timings, self.run = configs, root, timings, run
+    def __init__(self, configs: Path, root: Path, ledger: Path | None = None, run: bool = True) -> None:
+        self.configs, self.root, self.run = configs, root, run
+        self.timings: dict[str, float | None] = {}
+        self.ledger = Ledger(ledger, root)
         self.fp32_ckpt = str(root / "fp32" / "model.ckpt")
 
     def cfg(self, name: str) -> str:
         return str(self.configs / f"{name}.yaml")
 
-    def fp32(self) -> dict:
-        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", "model.ckpt", self.timings, self.run)
+    def fp32(self, restore: bool = True) -> dict:
+        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", "model.ckpt", self,
+                     restore=restore)
+
+    def need_fp32_ckpt(self) -> None:
+        """Retrain the FP32 model when its run was restored from the ledger without its checkpoint;
+        the retrained model must reproduce the kept validation perplexity (every arm starts from
+        the same model), else the benchmark stops."""
+        if Path(self.fp32_ckpt).exists():
+            return
+        folder = self.root / "fp32"
+        kept = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").unlink()
+        print(f"retraining the FP32 model ({folder} was restored without its checkpoint)", file=sys.stderr)
+        again = self.fp32(restore=False)
+        if abs(again["val_ppl"] - kept["val_ppl"]) > 1e-3 * kept["val_ppl"]:
+            raise SystemExit(f"error: the retrained FP32 model has validation perplexity {again['val_ppl']:.3f}, "
+                             f"the ledger's {kept['val_ppl']:.3f}: the arms would not share one FP32 model; "
+                             f"move the ledger {self.ledger.path} away to start the benchmark again")
+
+    def after_fp32(self, args: list[str], folder: Path, result: str) -> dict:
+        return stage(args, folder, result, self, before_run=self.need_fp32_ckpt)
 
     def fp32_continued(self) -> dict:
-        return stage(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt", self.fp32_ckpt],
-                     self.root / "fp32-continued", "model.ckpt", self.timings, self.run)
+        return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt", self.fp32_ckpt],
+                               self.root / "fp32-continued", "model.ckpt")
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
-        stage(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
-               "--num_batches", "2", "--model.budget.value", str(budget), "--seed_everything", str(seed)],
-              folder, "plan.json", self.timings, self.run)
+        self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
+                         "--num_batches", "2", "--model.budget.value", str(budget), "--seed_everything", str(seed)],
+                        folder, "plan.json")
         return folder / "plan.json"
 
     def search(self, folder: Path, budget: float, seed: int, init: Path | None = None) -> Path:
         more = ["--model.init_sensitivity", str(init)] if init is not None else []
-        stage(["search", "--config", self.cfg("search"), "--init_ckpt", self.fp32_ckpt,
-               "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
-               *more], folder, "plan.json", self.timings, self.run)
+        self.after_fp32(["search", "--config", self.cfg("search"), "--init_ckpt", self.fp32_ckpt,
+                         "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
+                         *more], folder, "plan.json")
         return folder / "plan.json"
 
     def uniform_plan(self, folder: Path, budget: float, bits: int) -> Path:
-        stage(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", "uniform",
-               "--bits", str(bits), "--model.budget.value", str(budget)], folder, "plan.json", self.timings, self.run)
+        self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", "uniform",
+                         "--bits", str(bits), "--model.budget.value", str(budget)], folder, "plan.json")
         return folder / "plan.json"
 
     def finalize(self, folder: Path, plan: Path, seed: int) -> dict:
-        return stage(["finalize", "--config", self.cfg("finalize"), "--init_ckpt", self.fp32_ckpt,
-                      "--plan", str(plan), "--seed_everything", str(seed), "--model.seed", str(seed)],
-                     folder, "model.safetensors", self.timings, self.run)
+        return self.after_fp32(["finalize", "--config", self.cfg("finalize"), "--init_ckpt", self.fp32_ckpt,
+                                "--plan", str(plan), "--seed_everything", str(seed), "--model.seed", str(seed)],
+                               folder, "model.safetensors")
 
 
 def run_arm(bench: Bench, arm: str, budget: float, seeds: list[int], candidates: list[int]) -> list[dict]:
@@ -189,31 +304,34 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 32],
                     help="the search space's candidates (for the uniform arm)")
+    ap.add_argument("--ledger", type=Path, default=None,
+                    help="a JSON file of finished runs (benchmarks/results/...): runs found there are restored, "
+                         "not rerun, and every run finished is added to it")
     ap.add_argument("--report_only", action="store_true",
                     help="run nothing: summarise the finished runs (a table of an unfinished benchmark)")
     args = ap.parse_args()
     root = Path(args.run_dir)
-    timings: dict[str, float] = {}
-    bench = Bench(Path(args.configs), root, timings, run=not args.report_only)
+    bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only)
     fp32 = bench.fp32()
-    try:
-        continued = bench.fp32_continued()
-    except NotRun:
-        continued = {}
+    arms = [a for a in args.arms if a != "fp32_continued"]
     results: dict[str, dict[str, dict]] = {}
     for seed_pass in ([args.seeds[0]], args.seeds[1:]):  # every arm's first seed before any second
         for budget in args.budgets:
-            for arm in args.arms:
+            for arm in arms:
                 run_arm(bench, arm, budget, seed_pass, args.candidates)
+    try:
+        continued = bench.fp32_continued() if "fp32_continued" in args.arms or args.report_only else {}
+    except NotRun:
+        continued = {}
     for budget in args.budgets:
-        results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in args.arms
+        results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
     out = {"configs": args.configs, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            "fp32_continued": {k: continued.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
-           "budgets": results, "seconds": timings}
+           "budgets": results, "seconds": bench.timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
     plot(results, fp32, root / "allocators.png")
     print(json.dumps(out, indent=1))

@@ -81,14 +81,16 @@ class BudgetRegularizer:
         return weight * (gap.clamp_min(0.0) if self.kind == "one_sided" else gap) ** 2
 
     @torch.no_grad()
-    def update_dual(self, mu: float, lr: float, argmax_ratio: float | None = None) -> float:
-        """One dual-ascent step `mu + lr (r - 1)`, r the larger of E[measure] and the argmax
-        plan's measure over S_T (`argmax_ratio`, computed when not given). The multiplier grows
-        while either is over budget and falls once both are inside, below 0 when they stay under it (then the term pays for bits): the
-        search ends with an argmax plan that fits and uses the budget."""
+    def update_dual(self, mu: float, lr: float, argmax_ratio: float | None = None, on_argmax: bool = False) -> float:
+        """One dual-ascent step `mu + lr (r - 1)`. r is the larger of E[measure] and the argmax
+        plan's measure over S_T (`argmax_ratio`, computed when not given): the multiplier grows
+        while either is over budget and falls once both are inside, below 0 while they stay under
+        it (then the term pays for bits). `on_argmax` (the search's last phase) uses the argmax
+        plan's ratio alone, both ways: the multiplier moves until the plan the search returns
+        fills the budget, not only its expectation."""
         if argmax_ratio is None:
             argmax_ratio = self.argmax_measure() / self.capacity
-        r = max(float(self.ratio()), argmax_ratio)
+        r = argmax_ratio if on_argmax else max(float(self.ratio()), argmax_ratio)
         return mu + lr * (r - 1.0)
 
     @torch.no_grad()

@@ -1,0 +1,102 @@
+"""The allocator benchmark's ledger: finished runs are restored on a machine that lacks them, never
+rerun; a run made with another config is refused; the FP32 model is retrained only when a stage
+that needs it has to run, and must reproduce the kept figure."""
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_allocators():
+    spec = importlib.util.spec_from_file_location("allocators", ROOT / "benchmarks" / "allocators.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bench_env(tmp_path, monkeypatch):
+    """allocators with `nas-mpq` replaced by a fake that writes a stage's files and logs its call."""
+    alloc = load_allocators()
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("pretrain", "pretrain_continued", "search", "finalize"):
+        (configs / f"{name}.yaml").write_text(f"# {name}\n")
+    calls = []
+    val = {"ppl": 100.0}
+
+    def fake_run(cmd, check):
+        args = cmd[3:]
+        run_dir = Path(args[args.index("--run_dir") + 1])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        calls.append((args[0], run_dir.name))
+        if args[0] == "pretrain":
+            (run_dir / "model.ckpt").write_text("weights")
+        if args[0] in ("search", "sensitivity"):
+            (run_dir / "plan.json").write_text(json.dumps({"groups": [run_dir.name]}))
+        (run_dir / "metrics.json").write_text(json.dumps({"val_ppl": val["ppl"], "test_ppl": 90.0, "avg_bits": 2.0}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(alloc.subprocess, "run", fake_run)
+    return alloc, configs, calls, val, tmp_path
+
+
+def test_finished_runs_are_restored_from_the_ledger_not_rerun(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    bench = alloc.Bench(configs, tmp / "runs", ledger)
+    bench.fp32()
+    plan = bench.search(tmp / "runs" / "avg2" / "nas-s0", 2.0, 0)
+    first = bench.finalize(tmp / "runs" / "avg2" / "fin-nas-s0", plan, 0)
+    assert [c[0] for c in calls] == ["pretrain", "search", "finalize"]
+    kept = json.loads(ledger.read_text())
+    assert set(kept) == {"fp32", "avg2/nas-s0", "avg2/fin-nas-s0"}
+    assert kept["avg2/nas-s0"]["files"]["plan.json"] == plan.read_text()
+
+    fresh = alloc.Bench(configs, tmp / "elsewhere", ledger)  # another machine: no run directories
+    fresh.fp32()
+    plan2 = fresh.search(tmp / "elsewhere" / "avg2" / "nas-s0", 2.0, 0)
+    again = fresh.finalize(tmp / "elsewhere" / "avg2" / "fin-nas-s0", plan2, 0)
+    assert len(calls) == 3 and again == first  # nothing ran
+    assert plan2.read_text() == plan.read_text()
+    assert json.loads((tmp / "elsewhere" / "avg2" / "nas-s0" / "bench_run.json").read_text())["restored_from"] == str(ledger)
+
+
+def test_a_run_made_with_another_config_is_refused(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    alloc.Bench(configs, tmp / "runs", ledger).fp32()
+    (configs / "pretrain.yaml").write_text("# pretrain, edited\n")
+    with pytest.raises(SystemExit, match="another version of .*pretrain.yaml"):
+        alloc.Bench(configs, tmp / "runs", ledger).fp32()  # the run directory's record
+    with pytest.raises(SystemExit, match="another version of .*pretrain.yaml"):
+        alloc.Bench(configs, tmp / "elsewhere", ledger).fp32()  # the ledger's
+    with pytest.raises(SystemExit, match="other arguments"):
+        alloc.stage(["pretrain", "--config", str(configs / "pretrain.yaml"), "--max_epochs", "3"],
+                    tmp / "runs" / "fp32", "model.ckpt", alloc.Bench(configs, tmp / "runs"))
+
+
+def test_fp32_is_retrained_only_when_a_stage_must_run_and_must_match(bench_env):
+    alloc, configs, calls, val, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    bench = alloc.Bench(configs, tmp / "runs", ledger)
+    bench.fp32()
+    bench.uniform_plan(tmp / "runs" / "avg2" / "uniform2", 2.0, 2)
+    calls.clear()
+    fresh = alloc.Bench(configs, tmp / "b", ledger)
+    fresh.fp32()
+    fresh.uniform_plan(tmp / "b" / "avg2" / "uniform2", 2.0, 2)
+    assert calls == []  # restored: the checkpoint is not needed
+    fresh.finalize(tmp / "b" / "avg2" / "fin-uniform-s0", tmp / "b" / "avg2" / "uniform2" / "plan.json", 0)
+    assert [c[0] for c in calls] == ["pretrain", "finalize"] and (tmp / "b" / "fp32" / "model.ckpt").exists()
+
+    val["ppl"] = 101.0  # a retrained model that does not reproduce the kept one
+    other = alloc.Bench(configs, tmp / "c", ledger)
+    other.fp32()
+    plan = other.uniform_plan(tmp / "c" / "avg2" / "uniform2", 2.0, 2)
+    with pytest.raises(SystemExit, match="validation perplexity 101.000, the ledger's 100.000"):
+        other.finalize(tmp / "c" / "avg2" / "fin-uniform-s1", plan, 1)  # not in the ledger: must run
