@@ -32,8 +32,8 @@ bench: setup
 	$(BIN)/python benchmarks/quality.py --configs configs/shakespeare_transformer --run_dir runs/bench-transformer --methods ste
 	$(BIN)/python benchmarks/quality.py --configs configs/digits_cnn --run_dir runs/bench-cnn --budgets 2.0 1.2 --methods ste
 	$(BIN)/python benchmarks/bitops.py
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm --ledger benchmarks/results/allocators-lstm.json
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer --ledger benchmarks/results/allocators-transformer.json
 
-clean:
-	rm -rf $(VENV) runs .pytest_cache
+clean:  # never runs/: it holds users' results
+	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -20,11 +21,16 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from pytorch_lightning import LightningDataModule
 
-from .export import data_bytes, load_quantized, read_header, save_quantized
-from .lit import FinalizeModule, LMTrainModule, SupernetModule, load_net_weights, stream_metrics
+from .strict_parser import StrictArgumentParser
+from .errors import DEBUG_ENV, describe_yaml_error, run_reporting_errors
+from .export import data_bytes, evaluation_data, load_quantized, read_header, save_quantized
+from .files import atomic_output, write_atomic
+from .lit import (AtomicCheckpointIO, FinalizeModule, LMTrainModule, SupernetModule, load_net_weights,
+                  stream_metrics)
 from .plots import plot_plan
 from .tracking import WandbConfig, log_stage_results
 
@@ -42,6 +48,17 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_config(path: str | Path) -> Any:
+    """A YAML config file's content; a syntax error or non-UTF-8 text is a ValueError naming the
+    file and the position."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {describe_yaml_error(e)}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def stage_args(stage: str, argv: list[str]) -> list[str]:
     """Replace `--config PIPELINE.yaml` by the stage's section (shared keys merged in)."""
     out, i = [], 0
@@ -54,7 +71,7 @@ def stage_args(stage: str, argv: list[str]) -> list[str]:
             i += 1
             continue
         i += 2 if a == "--config" else 1
-        cfg = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+        cfg = read_config(path) if Path(path).is_file() else None
         if isinstance(cfg, dict) and any(s in cfg for s in STAGES):
             if stage not in cfg:
                 raise SystemExit(f"error: {path} has no `{stage}:` section; it has "
@@ -73,6 +90,7 @@ class StageCLI(LightningCLI):
     def __init__(self, stage: str, model_class: type, args: list[str], callbacks: list[Any] = ()) -> None:
         self.stage, self.extra_callbacks = stage, list(callbacks)
         super().__init__(model_class, LightningDataModule, subclass_mode_data=True, run=False, args=args,
+                         parser_class=StrictArgumentParser,
                          save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                          parser_kwargs={"prog": f"nas-mpq {stage}"})
 
@@ -113,8 +131,11 @@ class StageCLI(LightningCLI):
         result = self.run_dir / RESULT_FILES[self.stage]
         ckpts = self.run_dir / "checkpoints"
         if not cfg.overwrite and result.exists():
+            unfinished = (ckpts / "last.ckpt").is_file() and not (self.run_dir / "metrics.json").exists()
             raise SystemExit(f"error: {result} exists from a previous run; refusing to overwrite it "
-                             "(pass --overwrite to replace it, or choose another --run_dir)")
+                             "(pass --overwrite true to replace it, or choose another --run_dir"
+                             + ("; that run did not finish: --resume last --overwrite true continues it)"
+                                if unfinished else ")"))
         if not cfg.overwrite and cfg.resume is None and ckpts.is_dir() and any(ckpts.iterdir()):
             raise SystemExit(f"error: {ckpts} holds checkpoints of an unfinished run; pass --resume last "
                              "to continue it, or --overwrite to start again")
@@ -132,6 +153,8 @@ class StageCLI(LightningCLI):
         configured = configured if isinstance(configured, list) else [configured]
         kwargs["callbacks"] = [*configured, *kwargs.get("callbacks", []), checkpoint, *self.extra_callbacks]
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the config chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if not self.config.trainer.logger or self.config.trainer.logger is True:
             wandb = self.wandb_config().logger(self.run_dir, self.stage)
             trainer.loggers = [CSVLogger(self.run_dir, name="logs"), *([wandb] if wandb else [])]
@@ -142,11 +165,12 @@ class StageCLI(LightningCLI):
         return cfg if isinstance(cfg, WandbConfig) else WandbConfig(**cfg.as_dict())
 
     def finish(self, metrics: dict[str, Any], plan: Any = None) -> None:
-        """Write metrics.json, log the results to wandb and print them (rank 0 only)."""
+        """Log the results to wandb, write metrics.json and print them (rank 0 only). metrics.json
+        is the stage's completion marker: every stage writes it last, after all its other files."""
         if not self.trainer.is_global_zero:
             return
-        _write_json(self.run_dir / "metrics.json", metrics)
         log_stage_results(self.trainer.loggers, metrics, plan)
+        write_atomic(self.run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         print(json.dumps(metrics, indent=1))
 
 
@@ -160,10 +184,6 @@ def _resume_path(cli: StageCLI) -> str | None:
     return str(path)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
 def run_pretrain(argv: list[str], callbacks: list[Any] = ()) -> int:
     cli = StageCLI("pretrain", LMTrainModule, stage_args("pretrain", argv), callbacks)
     if cli.config.init_ckpt:
@@ -174,8 +194,8 @@ def run_pretrain(argv: list[str], callbacks: list[Any] = ()) -> int:
     val = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]
     model_ckpt = cli.run_dir / "model.ckpt"
     if cli.trainer.is_global_zero:
-        model_ckpt.unlink(missing_ok=True)
-        model_ckpt.write_bytes(Path(best).read_bytes())
+        with atomic_output(model_ckpt) as tmp:
+            shutil.copyfile(best, tmp)
     metrics = {"stage": "pretrain", "val_ppl": val["val/ppl"], "test_ppl": test["test/ppl"],
                **({"val_acc": val["val/acc"], "test_acc": test["test/acc"]} if "test/acc" in test else {}),
                "epochs": cli.trainer.current_epoch, "checkpoint": str(model_ckpt)}
@@ -277,8 +297,7 @@ def run_evaluate(argv: list[str]) -> int:
     parser.add_subclass_arguments(LightningDataModule, "data", help="the data (default: what the model was trained on)")
     data: dict[str, Any] = {"class_path": DEFAULT_DATA}
     if model:
-        data = read_header(model)["metadata"].get("data", {})
-        data = data if "class_path" in data else {"class_path": DEFAULT_DATA, "init_args": data}
+        data = evaluation_data(model, base=LightningDataModule)  # only a data module of nas_mpq / search_spaces
     parser.set_defaults({"data": data})
     cfg = parser.parse_args(argv)
     header = read_header(cfg.model)
@@ -321,9 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: nas-mpq {{{','.join(RUNNERS)}}} --config CONFIG.yaml --run_dir DIR [overrides]\n"
               "       nas-mpq evaluate --model DIR/model.safetensors [--data.*]\n"
               "       nas-mpq sweep --config sweeps/SPEC.yaml [--run_dir DIR] [--n_trials N] [--workers N]\n"
-              "  each command takes --help; stages take --print_config", file=sys.stderr)
+              "  each command takes --help; stages take --print_config; bad input is reported in one line,\n"
+              f"  --debug (or {DEBUG_ENV}=1) shows the traceback instead", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return RUNNERS[argv[0]](argv[1:])
+    return run_reporting_errors(argv[0], RUNNERS[argv[0]], argv[1:])
 
 
 if __name__ == "__main__":

@@ -5,33 +5,47 @@ reference a uniform-precision model at the same budget through the same finalize
 
 The config is a pipeline config with `pretrain:`, `search:` and `finalize:` sections. Extra
 arguments go to every stage (`--trainer.max_epochs 1`, `--data.batch_size 16`) or, prefixed with a
-section name, to one (`--search.model.lam 2`). A stage whose result exists in the run directory is
-reused (an interrupted run continues); a finished run (report.json) is never overwritten unless
+section name, to one (`--search.model.lam 2`). Every stage writes its metrics.json last, as its
+completion marker: a stage with one is reused; a stage without one was interrupted and is resumed
+from its checkpoints/last.ckpt (or started again when it has none), so rerunning the same command
+finishes an interrupted run; `--<stage>.resume CKPT` resumes that one stage from a checkpoint of
+your choice. A finished run (report.json, written last) is never overwritten unless
 --overwrite true is given. `--init_ckpt FP32.ckpt` starts from a trained model instead of
 pretraining, `--finalize false` stops after the search, `--uniform false` skips the reference; a
-sweep trial is such a run. `--run_dir runs/sweep/{WANDB_RUN_ID}` names environment variables.
+sweep trial is such a run. `--run_dir runs/sweep/{WANDB_RUN_ID}` names an environment variable
+(RUN_DIR_FIELDS).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import string
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import yaml
 
+from .files import write_atomic
 from .plan import PrecisionPlan
 from .plots import plot_stage_ppl
 from .tracking import WandbConfig
 
 PIPELINE_STAGES = ("pretrain", "search", "finalize")
+RUN_DIR_FIELDS = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
+"""The environment variables `--run_dir` may name as {NAME}: the ids a sweep agent or a job
+scheduler gives a run (no other variable, so a secret in the environment never lands in a path)."""
+# the uniform reference is finalized with the finalize section's config and overrides
+ROUTES = (*PIPELINE_STAGES, "uniform")
+MARKER = "metrics.json"  # written last by every stage: the stage is complete
 
 
 def route_overrides(extra: list[str]) -> dict[str, list[str]]:
-    """Split `--key value` overrides into per-stage lists (a `--<stage>.` prefix selects one)."""
-    routed: dict[str, list[str]] = {s: [] for s in PIPELINE_STAGES}
+    """Split `--key value` overrides into per-stage lists, keyed by ROUTES. A `--<stage>.` prefix
+    selects one stage (`--finalize.` the uniform reference too, which is finalized the same way),
+    except `--<stage>.resume CKPT`, which goes to that stage alone: a checkpoint is one stage's."""
+    routed: dict[str, list[str]] = {s: [] for s in ROUTES}
     i = 0
     while i < len(extra):
         flag = extra[i]
@@ -43,8 +57,14 @@ def route_overrides(extra: list[str]) -> dict[str, list[str]]:
         if not has_value and i < len(extra) and not extra[i].startswith("--"):
             values, i = [extra[i]], i + 1
         head, _, rest = key.partition(".")
-        targets = [head] if head in PIPELINE_STAGES and rest else list(PIPELINE_STAGES)
-        key = rest if head in PIPELINE_STAGES and rest else key
+        if head in ROUTES and rest:
+            targets, key = [head, *(["uniform"] if head == "finalize" and rest != "resume" else [])], rest
+        elif key == "resume":
+            raise SystemExit("error: --resume needs a stage: a run resumes every interrupted stage by "
+                             "itself; to resume one stage from a checkpoint of your choice write "
+                             f"--<stage>.resume CKPT (stages: {list(ROUTES)})")
+        else:
+            targets = list(ROUTES)
         for t in targets:
             routed[t] += [f"--{key}", *values]
     return routed
@@ -59,12 +79,46 @@ def uniform_bits_for(plan: PrecisionPlan) -> int | None:
 
 
 def resolve_run_dir(template: str) -> Path:
-    """`--run_dir` may name environment variables as {NAME} (a wandb agent's {WANDB_RUN_ID})."""
+    """`--run_dir` with every {NAME} replaced by the environment variable NAME, one of
+    RUN_DIR_FIELDS (a wandb agent's {WANDB_RUN_ID}); {{ and }} are braces. Only plain names: an
+    attribute, index, conversion or format spec is an error naming the valid fields, and so is a
+    variable that is unset or whose value is not one path component."""
+    def refuse(why: str) -> NoReturn:
+        valid = ", ".join(f"{{{name}}}" for name in RUN_DIR_FIELDS)
+        raise SystemExit(f"error: --run_dir {template!r}: {why}; valid fields: {valid} "
+                         "(write {{ and }} for braces)")
+
     try:
-        return Path(template.format_map(os.environ))
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"error: --run_dir {template!r} names {e} which is not an environment "
-                         "variable (write {NAME} for $NAME, {{ and }} for braces)") from None
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        refuse(str(e))
+    out = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in RUN_DIR_FIELDS or spec or conversion:
+            field = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            refuse(f"{{{field}}} is not a valid field")
+        value = os.environ.get(name, "")
+        if not value:
+            refuse(f"{{{name}}} names the environment variable {name}, which is not set")
+        if "/" in value or value in (".", ".."):
+            refuse(f"{{{name}}} must be one path component, but ${name} is {value!r}")
+        out.append(value)
+    return Path("".join(out))
+
+
+def restart_flags(folder: Path, overrides: list[str], overwrite: bool = False) -> list[str] | None:
+    """How `nas-mpq run` runs the stage in `folder`: None when it is complete (its MARKER exists)
+    and is reused; otherwise the flags that run it again. What an unfinished stage wrote is not a
+    result, so it is replaced (`--overwrite true`), and a stage interrupted after a checkpoint
+    continues from it (`--resume last`) unless `overrides` name a checkpoint or `overwrite` asks
+    for a fresh start."""
+    if (folder / MARKER).is_file() and not overwrite:
+        return None
+    resume = not overwrite and "--resume" not in overrides and (folder / "checkpoints" / "last.ckpt").is_file()
+    return ["--overwrite", "true", *(["--resume", "last"] if resume else [])]
 
 
 def run_pipeline(config: str, run_dir: str | Path, overrides: list[str] = (), overwrite: bool = False,
@@ -84,38 +138,36 @@ def run_pipeline(config: str, run_dir: str | Path, overrides: list[str] = (), ov
     routed = route_overrides(list(overrides))
     timings: dict[str, float] = {}
 
-    def stage(name: str, runner: Callable[..., int], section: str, result: str, *more: str) -> dict:
+    def stage(name: str, runner: Callable[..., int], *more: str) -> dict:
         folder = root / name
-        if not (folder / result).exists() or overwrite:
-            start = time.perf_counter()
-            runner(["--config", config, "--run_dir", str(folder), *more, *routed[section],
-                    *(["--overwrite", "true"] if overwrite else [])], callbacks)
-            timings[name] = round(time.perf_counter() - start, 1)
+        flags = restart_flags(folder, routed[name], overwrite)
+        if flags is None:
+            print(f"reusing {folder} (complete: {MARKER})")
         else:
-            print(f"reusing {folder / result}")
-        return json.loads((folder / "metrics.json").read_text())
+            start = time.perf_counter()
+            runner(["--config", config, "--run_dir", str(folder), *more, *routed[name], *flags], callbacks)
+            timings[name] = round(time.perf_counter() - start, 1)
+        return json.loads((folder / MARKER).read_text())
 
     if init_ckpt is None:
-        fp32 = stage("pretrain", run_pretrain, "pretrain", "model.ckpt")
+        fp32 = stage("pretrain", run_pretrain)
         init_ckpt = str(root / "pretrain" / "model.ckpt")
     else:
         fp32_metrics = Path(init_ckpt).parent / "metrics.json"
         fp32 = json.loads(fp32_metrics.read_text()) if fp32_metrics.is_file() else None
     init = ("--init_ckpt", init_ckpt)
-    search = stage("search", run_search, "search", "plan.json", *init)
+    search = stage("search", run_search, *init)
     plan = PrecisionPlan.load(root / "search" / "plan.json")
     mixed = search
     if finalize:
-        mixed = stage("finalize", run_finalize, "finalize", "model.safetensors", *init,
-                      "--plan", str(root / "search" / "plan.json"))
+        mixed = stage("finalize", run_finalize, *init, "--plan", str(root / "search" / "plan.json"))
     bits = uniform_bits_for(plan) if finalize and uniform else None
     uniform_metrics = None
     if bits is not None:
         uniform_plan = root / "uniform" / "plan.json"
-        if not uniform_plan.exists():
-            plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan)
-        uniform_metrics = stage("uniform", run_finalize, "finalize", "model.safetensors", *init,
-                                "--plan", str(uniform_plan))
+        if restart_flags(root / "uniform", routed["uniform"], overwrite) is not None:
+            plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan, overwrite=True)
+        uniform_metrics = stage("uniform", run_finalize, *init, "--plan", str(uniform_plan))
         uniform_metrics["bits"] = bits
     report = build_report(fp32, search, mixed, uniform_metrics, plan, timings)
     write_report(root, report)
@@ -126,7 +178,7 @@ def run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nas-mpq run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="pipeline config with pretrain/search/finalize sections")
-    ap.add_argument("--run_dir", required=True, help="where the run writes; {NAME} expands $NAME")
+    ap.add_argument("--run_dir", required=True, help="where the run writes; {NAME} expands $NAME for NAME in " + ", ".join(RUN_DIR_FIELDS))
     ap.add_argument("--overwrite", default="false", choices=["true", "false"])
     ap.add_argument("--init_ckpt", default=None, help="an FP32 checkpoint to start from instead of pretraining")
     ap.add_argument("--finalize", default="true", choices=["true", "false"], help="finalize the searched plan")
@@ -169,8 +221,7 @@ def _fmt(v: float | None) -> str:
 
 
 def write_report(root: Path, report: dict[str, Any]) -> None:
-    """report.json, report.md (a table and the plots) and ppl.png."""
-    (root / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    """ppl.png, report.md (a table and the plots) and, last, report.json: the mark of a finished run."""
     fp32 = report["fp32"]
     rows = [("FP32", fp32["test_ppl"], fp32.get("test_acc"), fp32["size_bits"], 1.0, 32.0)]
     for key, label in (("mixed", "mixed precision (searched)"), ("uniform", "uniform")):
@@ -197,7 +248,8 @@ def write_report(root: Path, report: dict[str, Any]) -> None:
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",
               "![bits per group](search/plan.png)", ""]
     lines += ["![perplexity per stage](ppl.png)", ""] if tested else []
-    (root / "report.md").write_text("\n".join(lines))
+    write_atomic(root / "report.md", "\n".join(lines))
+    write_atomic(root / "report.json", json.dumps(report, indent=1) + "\n")
 
 
 def flat_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -13,8 +13,9 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+from .files import write_atomic
 from .quant.activation import check_activation_bits
 from .quant.functional import check_bits
 
@@ -156,10 +157,39 @@ class Budget:
     def check_feasible(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
                        candidates: Mapping[str, Iterable[int]],
                        act_candidates: Mapping[str, Iterable[int]] | None = None) -> None:
-        """Raise ValueError if even the plan with every group at its lowest candidate (and every
-        searched layer input at its lowest) exceeds the budget, naming the smallest budget that
-        can be met. A layer whose groups may all be pruned (0 bits) keeps one group at its
-        cheapest other candidate."""
+        """Raise ValueError if even the smallest plan exceeds the budget, naming the smallest
+        budget that can be met."""
+        least = self.smallest_measure(groups, fixed_numel, candidates, act_candidates)
+        gs = list(groups.values())
+        if least > self.capacity(gs, fixed_numel) + 1e-6:
+            raise ValueError(
+                f"infeasible budget {self.kind}={self.value}: even the smallest plan (every group at its "
+                f"lowest candidate) needs {self.describe(least, gs, fixed_numel)}; "
+                f"choose a budget of at least that")
+
+    def check_binds(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
+                    candidates: Mapping[str, Iterable[int]],
+                    act_candidates: Mapping[str, Iterable[int]] | None = None) -> None:
+        """check_feasible, and ValueError if the budget cannot constrain a search: the largest
+        plan (every group at its largest candidate, e.g. all 32 bits) already meets it, so a search
+        would only return that plan. The message names the value and the valid range."""
+        self.check_feasible(groups, fixed_numel, candidates, act_candidates)
+        most = self.largest_measure(groups, fixed_numel, candidates, act_candidates)
+        gs = list(groups.values())
+        if most <= self.capacity(gs, fixed_numel) + 1e-6:
+            least = self.smallest_measure(groups, fixed_numel, candidates, act_candidates)
+            raise ValueError(
+                f"budget {self.kind}={self.value} does not constrain the search: the plan with every group "
+                f"at its largest candidate already meets it ({self.describe(most, gs, fixed_numel)}); "
+                f"valid budgets lie between {self.describe(least, gs, fixed_numel)} (the smallest plan) and "
+                f"{self.describe(most, gs, fixed_numel)} (the largest plan, excluded)")
+
+    def smallest_measure(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
+                         candidates: Mapping[str, Iterable[int]],
+                         act_candidates: Mapping[str, Iterable[int]] | None = None) -> float:
+        """The budget's measure of the smallest plan: every group at its lowest candidate, every
+        searched layer input at its lowest; a layer whose groups may all be pruned (0 bits) keeps
+        one group at its cheapest other candidate."""
         act_candidates = act_candidates or {}
 
         def cheapest(n: str, allow_zero: bool = True) -> int:
@@ -170,12 +200,16 @@ class Budget:
         for names in layers(groups).values():
             if all(0 in candidates[n] for n in names):
                 least += min(cheapest(n, allow_zero=False) - cheapest(n) for n in names)
-        gs = list(groups.values())
-        if least > self.capacity(gs, fixed_numel) + 1e-6:
-            raise ValueError(
-                f"infeasible budget {self.kind}={self.value}: even the smallest plan (every group at its "
-                f"lowest candidate) needs {self.describe(least, gs, fixed_numel)}; "
-                f"choose a budget of at least that")
+        return least
+
+    def largest_measure(self, groups: Mapping[str, GroupPlan], fixed_numel: int,
+                        candidates: Mapping[str, Iterable[int]],
+                        act_candidates: Mapping[str, Iterable[int]] | None = None) -> float:
+        """The budget's measure of the largest plan: every group and searched layer input at its
+        largest candidate."""
+        act_candidates = act_candidates or {}
+        return sum(max(self.group_cost(g, b, max(act_candidates.get(g.layer, [ACTIVATION_BITS])))
+                       for b in candidates[n]) for n, g in groups.items()) + self.fixed_cost(fixed_numel)
 
     def describe(self, measure: float, groups: list[GroupPlan], fixed_numel: int) -> str:
         if self.kind == "avg_bits":
@@ -186,6 +220,14 @@ class Budget:
         if self.kind == "bitops":
             return f"bitops={measure:.6g}"
         return f"size_mb={measure / 8e6:.6f}"
+
+
+def _named(what: str, check: Callable[[int], int], bits: int) -> None:
+    """`check(bits)`, its ValueError prefixed by what was checked (e.g. "group 'decoder.weight'")."""
+    try:
+        check(bits)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def layers(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
@@ -209,11 +251,15 @@ class PrecisionPlan:
     activations: dict[str, ActivationPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.groups:
+            raise ValueError("the plan has no groups; a plan holds at least one weight group")
+        if not self.candidates:
+            raise ValueError(f"candidates {self.candidates!r} is empty; give at least one bit-width")
         self.candidates = [check_bits(b) for b in self.candidates]
-        for a in self.activations.values():
-            check_activation_bits(a.bits)
+        for name, a in self.activations.items():
+            _named(f"layer input {name!r}", check_activation_bits, a.bits)
         for name, g in self.groups.items():
-            check_bits(g.bits)
+            _named(f"group {name!r}", check_bits, g.bits)
             if g.numel <= 0:
                 raise ValueError(f"group {name!r} has numel {g.numel}; it must be positive")
 
@@ -276,6 +322,9 @@ class PrecisionPlan:
         if not isinstance(d, Mapping) or d.get("format") not in READABLE_FORMATS:
             fmt = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(f"{source}: unsupported plan format {fmt!r}; readable: {list(READABLE_FORMATS)}")
+        for key in ("groups", "activations"):
+            if d.get(key) is not None and not isinstance(d[key], Mapping):
+                raise ValueError(f"{source}: `{key}` must map names to entries, got {d[key]!r}")
         try:
             groups = {n: GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None,
                                    int(g["numel"]), int(g["bits"]), int(g.get("scales", 1)),
@@ -289,8 +338,10 @@ class PrecisionPlan:
                      "size_bits", "fp32_size_bits", "compression", "avg_bits", "activations"}
             plan = cls(d["search_space"], list(d["candidates"]), groups, int(d["fixed_numel"]),
                        budget, {k: v for k, v in d.items() if k not in known}, acts)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{source}: malformed plan, missing or bad field {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
         r = plan.size()
         if "size_bits" in d and int(d["size_bits"]) != r.size_bits:
             raise ValueError(f"{source}: size_bits {d['size_bits']} does not match the groups "
@@ -301,9 +352,7 @@ class PrecisionPlan:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; refusing to overwrite it (pass --overwrite to replace it)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "PrecisionPlan":

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch.nn import functional as F
 
+from .files import write_atomic
 from .lit import SupernetModule, batch_logits, load_net_weights
 from .plan import PrecisionPlan
 from .plots import plot_plan, plot_sensitivity
@@ -68,7 +69,7 @@ def run(argv: list[str]) -> int:
                                 "omega": {str(b): v for b, v in omega[n].items()}}
                             for n, g in template.groups.items()}
         plan = allocate(template, omega, budget)
-        (cli.run_dir / "sensitivity.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_atomic(cli.run_dir / "sensitivity.json", json.dumps(report, indent=1) + "\n")
         plot_sensitivity(omega, cli.run_dir / "sensitivity.png", cfg.method)
     elif cfg.method == "uniform":
         from .pipeline import uniform_bits_for

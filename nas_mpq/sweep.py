@@ -14,7 +14,9 @@ Storage (--storage): sqlite:///RUN_DIR/study.db by default; `journal:PATH` for a
 (several local workers, no database); any SQLAlchemy URL (postgresql://...) for many machines.
 --n_trials is the study's total: the same command with a larger number continues the study, and
 workers sharing a local storage stop together at exactly that many trials. A trial that raises is
-recorded as failed (user attribute `error`) and the study goes on.
+recorded as failed (user attribute `error`) and the study goes on; a study whose every trial
+failed exits with an error naming the first trial's. An error about the storage never shows its
+password.
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ import torch
 from filelock import FileLock
 from optuna.trial import TrialState
 
+from .files import atomic_output, write_atomic
 from .lit.pruning import OptunaPruning
 from .pipeline import PIPELINE_STAGES, route_overrides, run_pipeline
+from .redact import mask_credentials
 from .sweep_spec import SweepSpec, check_stage_keys, objective_value, render_args
 
 COUNTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # WAITING: enqueued, not begun
@@ -62,8 +66,8 @@ def open_storage(url: str | None, run_dir: Path) -> tuple[Any, Path | None]:
                 return JournalStorage(JournalFileBackend(str(local))), lock
             return optuna.storages.RDBStorage(url), lock
     except Exception as e:  # noqa: BLE001 - every backend has its own exception types
-        raise SystemExit(f"error: cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}\n"
-                         "valid: sqlite:///PATH, journal:PATH, or a SQLAlchemy database URL") from None
+        raise SystemExit(mask_credentials(f"error: cannot open the Optuna storage {url!r}: {type(e).__name__}: {e}\n"
+                                          "valid: sqlite:///PATH, journal:PATH, or a SQLAlchemy database URL")) from None
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -200,7 +204,7 @@ class Sweep:
             summary["pareto"] = [self._row(t) for t in best]
         else:
             summary["best"] = self._row(best[0])
-            (self.run_dir / "best.json").write_text(json.dumps(summary["best"], indent=1) + "\n")
+            write_atomic(self.run_dir / "best.json", json.dumps(summary["best"], indent=1) + "\n")
         return summary
 
     def _row(self, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -212,7 +216,7 @@ class Sweep:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["number"])
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()}
@@ -263,4 +267,8 @@ def run(argv: list[str]) -> int:
     print(json.dumps(summary, indent=1, default=str))
     if any(failed):
         raise SystemExit(f"error: {sum(1 for c in failed if c)} worker process(es) failed")
+    trials = sweep.study.get_trials(deepcopy=False)
+    if trials and all(t.state == TrialState.FAIL for t in trials):
+        raise SystemExit(f"error: all {len(trials)} trials of the study failed (trials.csv lists their errors); "
+                         f"trial {trials[0].number}: {trials[0].user_attrs.get('error', 'no error recorded')}")
     return 0

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nas_mpq.search.space import GroupRule, SearchSpace
+from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates
 
 from . import register_search_space
 
@@ -24,7 +24,7 @@ def cnn_space(candidates: list[int] | None = None, granularity: str = "tensor", 
     """`granularity="block"` splits every convolution's output channels into `blocks` groups."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r} for cnn; valid: {list(GRANULARITIES)}")
-    cands = sorted(set(candidates if candidates is not None else DEFAULT_CANDIDATES))
+    cands = check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES)
     rules: list[GroupRule] = []
     if granularity == "block":
         if blocks is None:

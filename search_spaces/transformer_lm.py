@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nas_mpq.search.space import GroupRule, SearchSpace, vocabulary_buckets
+from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates, vocabulary_buckets
 
 from . import register_search_space
 
@@ -29,7 +29,7 @@ def transformer_lm_space(candidates: list[int] | None = None, granularity: str =
     embedding and the softmax layer into N frequency buckets of rows."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r} for transformer_lm; valid: {list(GRANULARITIES)}")
-    cands = sorted(set(candidates if candidates is not None else DEFAULT_CANDIDATES))
+    cands = check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES)
     rules: list[GroupRule] = vocabulary_buckets(freq_buckets)
     if granularity == "head":
         if blocks is None:

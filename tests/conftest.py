@@ -11,6 +11,13 @@ import yaml
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
 
+@pytest.fixture(autouse=True)
+def cli_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`main()` lets exceptions through (as with --debug), so tests match them; the tests of the
+    one-line error messages unset this."""
+    monkeypatch.setenv("NAS_MPQ_DEBUG", "1")
+
+
 def shakespeare_text() -> str:
     return resources.files("nas_mpq.data").joinpath("corpora/tinyshakespeare.txt").read_text("utf-8")
 

@@ -110,7 +110,7 @@ def _config_network(cfg: dict, stage: str) -> tuple:
 @pytest.mark.parametrize("path,stage", shipped_configs())
 def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys):
     from nas_mpq.cli import StageCLI, stage_args
-    from nas_mpq.lit import FinalizeModule, LMTrainModule, SpaceConfig, SupernetModule
+    from nas_mpq.lit import AtomicCheckpointIO, FinalizeModule, LMTrainModule, SpaceConfig, SupernetModule
     from nas_mpq.search import uniform_plan
     monkeypatch.chdir(REPO)
     model_cls = {"search": SupernetModule, "pretrain": LMTrainModule, "finalize": FinalizeModule}[stage]
@@ -129,6 +129,7 @@ def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys)
     # callbacks the config names (early stopping) reach the trainer beside the stage's checkpointing
     named = {c["class_path"].rsplit(".", 1)[1] for c in cfg.get(stage, cfg).get("trainer", {}).get("callbacks", [])}
     assert named | {"ModelCheckpoint"} <= {type(c).__name__ for c in cli.trainer.callbacks}
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # whole or absent
     with pytest.raises(SystemExit):
         main([stage, "--config", str(path), "--print_config", *extra])
     printed = yaml.safe_load(capsys.readouterr().out)

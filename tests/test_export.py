@@ -1,10 +1,12 @@
 import json
+import sys
 
 import pytest
 import torch
 
 from conftest import tiny_lm
 from nas_mpq.admm import on_table, project
+from nas_mpq.cli import run_evaluate
 from nas_mpq.export import data_bytes, load_quantized, read_header, save_quantized
 from nas_mpq.search import uniform_plan
 from search_spaces.lstm_lm import lstm_lm_space
@@ -101,3 +103,117 @@ def test_plan_that_does_not_match_the_model_names_groups(tmp_path):
               metadata={**meta, "model_args": json.dumps({**args, "num_layers": 1})})
     with pytest.raises(ValueError, match=r"plan groups not in the model: \[.*rnn.weight_hh_l1:f"):
         load_quantized(tmp_path / "w.safetensors")
+
+
+# ---- model files are data: allowed classes, checked arguments, checksums ------------------------
+
+def rewrite(path, out, drop=(), **changes):
+    """A copy of the packed model at `out` with metadata entries replaced (JSON-encoded) or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = {k: v for k, v in meta.items() if k not in drop}
+    save_file(tensors, str(out), metadata={**meta, **{k: json.dumps(v) for k, v in changes.items()}})
+    return out
+
+
+def test_data_class_outside_the_allowed_packages_is_refused_before_import(tmp_path, monkeypatch):
+    from nas_mpq.export import evaluation_data
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args,
+                          metadata={"data": {"class_path": "nas_mpq.data.LMDataModule", "init_args": {"bptt": 12}}})
+    assert evaluation_data(path) == {"class_path": "nas_mpq.data.LMDataModule", "init_args": {"bptt": 12}}
+    # a module beside the model file that runs code when imported
+    (tmp_path / "beside.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\nclass Data: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for class_path in ("beside.Data", "os.system", "nas_mpq_evil.Data"):
+        bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": class_path}})
+        with pytest.raises(ValueError, match=rf"class path '{class_path}' is not allowed: .*\['nas_mpq', 'search_spaces'\]"):
+            evaluation_data(bad)
+    with pytest.raises(ValueError, match=r"class path 'nas_mpq_evil.Data' is not allowed"):
+        run_evaluate(["--model", str(bad)])  # `nas-mpq evaluate` checks before its parser imports anything
+    assert not (tmp_path / "ran").exists() and "beside" not in sys.modules
+    # a class merely imported into an allowed package, and a name that is not a class path
+    for class_path, message in (("nas_mpq.cli.Trainer", "does not name a class defined in"),
+                                ("nas_mpq.data.LMDataModule()", "not a dotted Python name")):
+        bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": class_path}})
+        with pytest.raises(ValueError, match=message):
+            evaluation_data(bad)
+    # the caller's allow-list
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": "beside.Data"}})
+    assert evaluation_data(bad, allowed=("beside",))["class_path"] == "beside.Data"
+
+
+def test_data_arguments_are_checked_against_the_constructor(tmp_path):
+    from pytorch_lightning import LightningDataModule
+
+    from nas_mpq.export import evaluation_data
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args, metadata={"data": {"bptt": 12}})
+    assert evaluation_data(path, base=LightningDataModule)["init_args"] == {"bptt": 12}
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"bptt": 12, "shell": "rm -rf /"}})
+    with pytest.raises(ValueError, match=r"LMDataModule takes no argument\(s\) \['shell'\]; valid: \['corpus'"):
+        evaluation_data(bad)
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"batch_size": 10**10}})
+    with pytest.raises(ValueError, match=r"batch_size = 10000000000 exceeds the limit of 10,000,000"):
+        evaluation_data(bad)
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": "nas_mpq.plan.Budget"}})
+    with pytest.raises(ValueError, match="is not a LightningDataModule"):
+        evaluation_data(bad, base=LightningDataModule)
+
+
+@pytest.mark.parametrize("model_args, message", [
+    ({"vocab_size": 300, "embed_dim": 16, "hidden_dim": 16, "num_layers": 2, "dropout": 0.0, "rm": 1},
+     r"LSTMLM takes no argument\(s\) \['rm'\]; valid: \['vocab_size', 'embed_dim'"),
+    ({"vocab_size": 10**10, "embed_dim": 16}, r"model_args: vocab_size = 10000000000 exceeds the limit of 10,000,000"),
+    ({"embed_dim": 16}, r"LSTMLM needs the argument\(s\) \['vocab_size'\]"),
+    ({"vocab_size": 10**7, "embed_dim": 1000}, r"a network of [\d,]+ parameters, above the limit of 1,000,000,000"),
+    ({"vocab_size": "many"}, r"model_args do not build a LSTMLM"),
+])
+def test_network_arguments_are_checked_before_anything_is_allocated(tmp_path, model_args, message):
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
+    bad = rewrite(path, tmp_path / "bad.safetensors", model_args=model_args)
+    with pytest.raises(ValueError, match=message):
+        load_quantized(bad)
+
+
+def test_network_class_outside_the_allowed_packages_is_refused(tmp_path):
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
+    with pytest.raises(ValueError, match=r"network class LSTMLM of search space 'lstm_lm' is not allowed: .*\['nas_mpq'\]"):
+        load_quantized(path, allowed=("nas_mpq",))
+
+
+def test_a_flipped_byte_names_the_tensor_and_the_file(tmp_path):
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
+    assert set(read_header(path)["checksums"]) == {k for k in _tensor_offsets(path)}
+    data = bytearray(path.read_bytes())
+    begin, _ = _tensor_offsets(path)["decoder.weight.codes"]
+    data[begin] ^= 0x01
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"flipped.safetensors: tensor 'decoder.weight.codes' does not match its SHA-256"):
+        load_quantized(flipped)
+
+
+def test_a_file_without_checksums_loads_with_a_warning(tmp_path):
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
+    old = rewrite(path, tmp_path / "old.safetensors", drop=("checksums",))
+    with pytest.warns(UserWarning, match="old.safetensors has no tensor checksums"):
+        loaded = load_quantized(old)
+    x = torch.randint(0, 300, (2, 9))
+    assert torch.equal(loaded(x)[0], load_quantized(path)(x)[0])
+
+
+def _tensor_offsets(path):
+    """{tensor name: (first byte, end) in the file} from the safetensors header."""
+    import struct
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}

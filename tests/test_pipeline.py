@@ -1,6 +1,7 @@
 """finalize, evaluate and `nas-mpq run` end to end on the small corpus (tiny limits)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,8 +134,8 @@ def test_sensitivity_bad_input(config, tmp_path):
 @pytest.mark.slow
 def test_run_from_a_trained_model_search_only_in_an_env_named_dir(config, tmp_path, monkeypatch):
     assert main(["pretrain", "--config", str(config), "--run_dir", str(tmp_path / "fp32")]) == 0
-    monkeypatch.setenv("TRIAL_ID", "t7")
-    assert main(["run", "--config", str(config), "--run_dir", str(tmp_path / "{TRIAL_ID}"),
+    monkeypatch.setenv("WANDB_RUN_ID", "t7")
+    assert main(["run", "--config", str(config), "--run_dir", str(tmp_path / "{WANDB_RUN_ID}"),
                  "--init_ckpt", str(tmp_path / "fp32" / "model.ckpt"), "--finalize", "false"]) == 0
     run = tmp_path / "t7"
     report = json.loads((run / "report.json").read_text())
@@ -144,3 +145,23 @@ def test_run_from_a_trained_model_search_only_in_an_env_named_dir(config, tmp_pa
     assert report["fp32"]["test_ppl"] == json.loads((tmp_path / "fp32" / "metrics.json").read_text())["test_ppl"]
     with pytest.raises(SystemExit, match="NO_SUCH_VAR"):
         main(["run", "--config", str(config), "--run_dir", str(tmp_path / "{NO_SUCH_VAR}")])
+
+
+def test_run_dir_expands_only_plain_known_fields(monkeypatch):
+    from nas_mpq.pipeline import resolve_run_dir
+    monkeypatch.setenv("WANDB_RUN_ID", "abc1")
+    monkeypatch.setenv("SLURM_JOB_ID", "../up")
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert resolve_run_dir("runs/{{x}}/{WANDB_RUN_ID}") == Path("runs/{x}/abc1")
+    valid = "valid fields: {WANDB_RUN_ID}, {WANDB_SWEEP_ID}, {SLURM_JOB_ID}"
+    for template, why in (("runs/{WANDB_RUN_ID.__class__}", "{WANDB_RUN_ID.__class__} is not a valid field"),
+                          ("runs/{WANDB_RUN_ID[0]}", "{WANDB_RUN_ID[0]} is not a valid field"),
+                          ("runs/{WANDB_RUN_ID!r:>9}", "{WANDB_RUN_ID!r:>9} is not a valid field"),
+                          ("runs/{HOME}", "{HOME} is not a valid field"),
+                          ("runs/{}", "{} is not a valid field"),
+                          ("runs/{", "Single '{' encountered"),
+                          ("runs/{WANDB_SWEEP_ID}", "names the environment variable WANDB_SWEEP_ID, which is not set"),
+                          ("runs/{SLURM_JOB_ID}", "{SLURM_JOB_ID} must be one path component, but $SLURM_JOB_ID is '../up'")):
+        with pytest.raises(SystemExit) as e:
+            resolve_run_dir(template)
+        assert why in str(e.value) and valid in str(e.value), template

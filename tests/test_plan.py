@@ -132,3 +132,44 @@ def test_feasibility_keeps_one_group_of_every_prunable_layer():
     Budget("avg_bits", 2 / 3).check_feasible(groups, 0, cands)  # one group of 10 at 2 bits = 20 of 30
     with pytest.raises(ValueError, match="avg_bits=0.6667"):
         Budget("avg_bits", 0.5).check_feasible(groups, 0, cands)
+
+
+def test_plan_file_errors_name_the_group_and_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    for groups, message in (([], r"bad.json: `groups` must map names to entries, got \[\]"),
+                            ({}, r"bad.json: the plan has no groups")):
+        bad.write_text(json.dumps({**hand_plan().to_dict(), "groups": groups}))
+        with pytest.raises(ValueError, match=message):
+            PrecisionPlan.load(bad)
+    d = hand_plan().to_dict()
+    d["groups"]["rnn.weight_hh_l0:f"]["bits"] = 7
+    bad.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"bad.json: group 'rnn.weight_hh_l0:f': unknown bit-width 7; valid bit-widths"):
+        PrecisionPlan.load(bad)
+    d = hand_plan().to_dict()
+    d["budget"] = {"kind": "avg_bits", "value": float("nan")}
+    bad.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"bad.json: budget value must be a positive number, got nan"):
+        PrecisionPlan.load(bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_budget_value_that_is_not_finite_is_named(value):
+    with pytest.raises(ValueError, match=f"budget value must be a positive number, got {value}"):
+        Budget("avg_bits", value)
+
+
+def test_budget_at_or_above_the_largest_plan_is_refused_with_the_valid_range():
+    plan = hand_plan()
+    cands = {n: [1, 2, 4, 8, 32] for n in plan.groups}
+    Budget("avg_bits", 31.9).check_binds(plan.groups, 42, cands)
+    for value in (32.0, 40.0):
+        with pytest.raises(ValueError, match=rf"budget avg_bits={value} does not constrain the search: .* "
+                                             r"\(avg_bits=32.0000\); valid budgets lie between avg_bits=1.0000 "
+                                             r"\(the smallest plan\) and avg_bits=32.0000 \(the largest plan, excluded\)"):
+            Budget("avg_bits", value).check_binds(plan.groups, 42, cands)
+    with pytest.raises(ValueError, match=r"budget compression=1.0 does not constrain .* between compression=\d+\.\d+ "
+                                         r"\(the smallest plan\) and compression=1.0000"):
+        Budget("compression", 1.0).check_binds(plan.groups, 42, cands)
+    with pytest.raises(ValueError, match="infeasible budget avg_bits=0.5"):
+        Budget("avg_bits", 0.5).check_binds(plan.groups, 42, cands)

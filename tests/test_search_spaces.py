@@ -88,3 +88,14 @@ def test_plan_and_packed_model_round_trip(name, variant, tmp_path):
     loaded = load_quantized(path)
     x = qat.example_input(2)
     assert torch.allclose(output(loaded, x), output(qat.eval(), x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_search_spaces())
+@pytest.mark.parametrize("key, value, message", [
+    ("candidates", [], r"candidates \[\] is empty; give at least one bit-width"),
+    ("candidates", [2, 2], r"candidates must be distinct bit-widths, got \[2, 2\]"),
+    ("activation_candidates", [], r"activation_candidates \[\] is empty"),
+])
+def test_empty_or_repeated_candidates_are_refused_not_replaced_by_the_defaults(name, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        get_search_space(name).space(**{key: value})

@@ -2,6 +2,7 @@
 and the sweep files under sweeps/ (Optuna specs and wandb sweep YAMLs)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,36 @@ def test_route_of_rendered_values():
     assert routed["search"] == ["--model.space.candidates", "[1, 2, 4]", "--model.lam", "2.5",
                                 "--trainer.fast", "true"]
     assert routed["finalize"] == ["--trainer.fast", "true"]
+
+
+@pytest.mark.parametrize("where, key, message", [
+    ("parameters", "search.model.budget.valeu", "model.budget has no key 'valeu'; valid keys: ['kind', 'value']"),
+    ("overrides", "search.model.space.candidatez", "model.space has no key 'candidatez'; valid keys: ['name',"),
+])
+def test_unknown_space_or_budget_key_is_named_before_any_trial(tmp_path, config, where, key, message):
+    from nas_mpq.sweep import run
+    value = {"low": 1.0, "high": 2.0} if where == "parameters" else [2]
+    spec = write_spec(tmp_path, config, **({where: {key: value}} if where == "parameters"
+                                           else {where: {"trainer.max_epochs": 1, key: value}}))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        run(["--config", str(spec), "--run_dir", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_whose_every_trial_failed_exits_with_an_error(tmp_path, config, capsys):
+    from nas_mpq.sweep import run
+    fp32 = tmp_path / "fp32.ckpt"
+    fp32.write_bytes(b"")  # never read: every trial's budget is refused first
+    spec = write_spec(tmp_path, config, objectives=["val_ppl"], init_ckpt=str(fp32),
+                      parameters={"search.model.budget.value": {"choices": [0.25]}})
+    with pytest.raises(SystemExit, match=r"all 2 trials of the study failed .*trial 0: ValueError: infeasible budget"):
+        run(["--config", str(spec), "--run_dir", str(tmp_path / "s")])
+    assert (tmp_path / "s" / "trials.csv").exists()
+
+
+def test_storage_error_never_shows_the_password(tmp_path, config):
+    spec = write_spec(tmp_path, config)
+    from nas_mpq.sweep import run
+    with pytest.raises(SystemExit, match=r"cannot open the Optuna storage 'nosuchdb://me:\*\*\*@db.example/optuna'") as e:
+        run(["--config", str(spec), "--run_dir", str(tmp_path / "s"), "--storage", "nosuchdb://me:hunter2@db.example/optuna"])
+    assert "hunter2" not in str(e.value)

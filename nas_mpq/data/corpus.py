@@ -70,7 +70,21 @@ def read_corpus_folder(folder: str | Path) -> dict[str, str]:
     if missing:
         raise FileNotFoundError(f"corpus folder {folder} is missing {missing}; a corpus folder needs "
                                 f"{[s + '.txt' for s in SPLITS]}")
-    return {s: (folder / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
+    return {s: read_split(folder / f"{s}.txt") for s in SPLITS}
+
+
+def read_split(path: Path) -> str:
+    """The text of one split file; text that is not UTF-8, or a file with no text, is a
+    ValueError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); corpus files must be "
+                         "UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; every split of a corpus folder ({', '.join(s + '.txt' for s in SPLITS)}) "
+                         "needs text")
+    return text
 
 
 def contiguous_split(text: str, fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class FinalizeModule(LMModule):
         >>> float_net = module.quantized_net()     # every quantized weight = scale x code
     """
 
-    def __init__(self, net: nn.Module, plan: str, space: SpaceConfig | Mapping[str, Any] | None = None,
+    def __init__(self, net: nn.Module, plan: str, space: SpaceConfig | None = None,
                  method: str = "admm", optimizer: OptimizerFactory = _default_optimizer,
                  rho: float = 1e-3, rho_growth: float = 1.1, rho_schedule: str = "multiplicative",
                  admm_every: int | None = None, proj_iters: int = FIT_ITERS, tol: float = 1e-3,
@@ -59,7 +59,7 @@ class FinalizeModule(LMModule):
         if admm_every is not None and admm_every < 1:
             raise ValueError(f"admm_every must be a positive number of minibatches, got {admm_every}")
         self.plan = PrecisionPlan.load(plan)
-        space = space if isinstance(space, SpaceConfig) else SpaceConfig(**(space or {"name": self.plan.search_space}))
+        space = space or SpaceConfig(name=self.plan.search_space)
         if space.name != self.plan.search_space:
             raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
                              f"the model config says {space.name!r}")

@@ -6,9 +6,9 @@ The algorithm as built (defaults in brackets):
 - per training batch, after a warm-up with frozen choices [10 % of the steps]:
   1. a batch of the held-out search split: L_val + mu (E[S]/S_T - 1) [+ an entropy term late in
      the search]; backward; clip theta grads; arch step; then the multiplier's dual ascent
-     `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the argmax plan's S/S_T: it
-     pushes bits down while the plan is over budget and (below 0) up while it stays under
-     [`penalty: lagrange`, dual_lr 0.05];
+     `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the argmax plan's S/S_T (from
+     `sharpen_from` on, the argmax plan's alone): it pushes bits down while the plan is over
+     budget and (below 0) up while it stays under [`penalty: lagrange`, dual_lr 0.05];
   2. zero all grads;
   3. the training batch: L_train; backward; clip; weight step (weights and quantizer scales);
 - the temperature anneals geometrically tau_start -> tau_end [1.0 -> 0.2], with hard
@@ -24,7 +24,7 @@ The derived plan is the argmax, repaired to the budget by a size-priced knapsack
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,8 +53,8 @@ class SupernetModule(LMModule):
         >>> plan = module.derive_plan()          # meets the budget exactly
     """
 
-    def __init__(self, net: nn.Module, space: SpaceConfig | Mapping[str, Any] = SpaceConfig(),
-                 budget: Budget | Mapping[str, Any] = Budget("avg_bits", 2.0),
+    def __init__(self, net: nn.Module, space: SpaceConfig = SpaceConfig(),
+                 budget: Budget = Budget("avg_bits", 2.0),
                  optimizer: OptimizerFactory = _default_weight_optimizer,
                  arch_optimizer: OptimizerFactory = _default_arch_optimizer,
                  penalty: str = "lagrange", dual_lr: float = 0.05, lam: float = 5.0,
@@ -64,8 +64,6 @@ class SupernetModule(LMModule):
                  single_level: bool = False, min_fill: float | None = None, init_prior: bool = True,
                  init_sensitivity: str | None = None, init_temperature: float = 1.0, seed: int = 0) -> None:
         super().__init__(net, seed)
-        space = space if isinstance(space, SpaceConfig) else SpaceConfig(**space)
-        budget = budget if isinstance(budget, Budget) else Budget(**budget)
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)
         self.hparams.update(space=asdict(space), budget=asdict(budget))
@@ -100,11 +98,12 @@ class SupernetModule(LMModule):
 
     # ---- set-up ---------------------------------------------------------------------------------
     def check_budget(self) -> None:
-        """ValueError, before any training, if no plan of this supernet meets the budget."""
+        """ValueError, before any training, if no plan of this supernet meets the budget, or if
+        every plan does (a budget at or above the largest plan's size constrains nothing)."""
         plan = derive_plan(self.net, self.space)
-        self.budget.check_feasible(plan.groups, plan.fixed_numel,
-                                   {g.name: g.choice.candidates for g in search_groups(self.net)},
-                                   {a.name: a.choice.candidates for a in activation_groups(self.net)})
+        self.budget.check_binds(plan.groups, plan.fixed_numel,
+                                {g.name: g.choice.candidates for g in search_groups(self.net)},
+                                {a.name: a.choice.candidates for a in activation_groups(self.net)})
 
     @torch.no_grad()
     def init_choices_from(self, sensitivity_json: str, temperature: float = 1.0) -> None:
@@ -173,7 +172,8 @@ class SupernetModule(LMModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         w_opt, a_opt = self.optimizers()
-        tau, weight, active, sharpen = self.schedule(self.progress(batch_idx))
+        progress = self.progress(batch_idx)
+        tau, weight, active, sharpen = self.schedule(progress)
         self.sampler.tau = tau
         self.sampler.hard = self.hparams.hard_below is not None and tau < self.hparams.hard_below
         single = self.hparams.single_level
@@ -198,7 +198,8 @@ class SupernetModule(LMModule):
         a_opt.zero_grad()
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if active and self.hparams.penalty == "lagrange":
-            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr, argmax_ratio))
+            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr, argmax_ratio,
+                                                         on_argmax=progress >= self.hparams.sharpen_from))
         with torch.no_grad():
             self.log_dict({"train/loss": loss, "arch/expected_bits": self.regularizer.expected_avg_bits(),
                            "arch/argmax_ratio": argmax_ratio,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,12 +31,11 @@ class LMTrainModule(LMModule):
     """
 
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory = _default_optimizer,
-                 space: SpaceConfig | Mapping[str, Any] | None = None, plan: str | None = None,
+                 space: SpaceConfig | None = None, plan: str | None = None,
                  uniform_bits: int | None = None, lr_decay: float | None = None, lr_patience: int = 0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
         check_plateau(lr_decay, lr_patience)
-        space = space if space is None or isinstance(space, SpaceConfig) else SpaceConfig(**space)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)
         self.hparams.update(space=None if space is None else asdict(space))

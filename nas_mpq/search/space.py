@@ -43,7 +43,7 @@ class GroupRule:
             raise ValueError(f"axis must be 0 (rows) or 1 (columns, head granularity only) in rule "
                              f"{self.pattern!r}, got {self.axis!r}")
         if self.candidates is not None:
-            self.candidates = _check_candidates(self.candidates)
+            self.candidates = check_candidates(self.candidates)
 
 
 @dataclass
@@ -60,9 +60,9 @@ class SearchSpace:
     activation_candidates: list[int] | None = None
 
     def __post_init__(self) -> None:
-        self.candidates = _check_candidates(self.candidates)
+        self.candidates = check_candidates(self.candidates)
         if self.activation_candidates is not None:
-            self.activation_candidates = _check_candidates(self.activation_candidates)
+            self.activation_candidates = check_candidates(self.activation_candidates, "activation_candidates")
             for b in self.activation_candidates:
                 check_activation_bits(b)
         if self.method not in QUANT_METHODS:
@@ -73,12 +73,14 @@ class SearchSpace:
         return next((r for r in self.rules if fnmatch.fnmatchcase(module_name, r.pattern)), None)
 
 
-def _check_candidates(candidates: list[int]) -> list[int]:
+def check_candidates(candidates: list[int], key: str = "candidates") -> list[int]:
+    """The candidate bit-widths sorted; ValueError naming `key` and the value if they are empty,
+    repeated or not supported bit-widths."""
     if not candidates:
-        raise ValueError("the candidate bit-widths must not be empty")
+        raise ValueError(f"{key} {list(candidates)!r} is empty; give at least one bit-width")
     bits = [check_bits(b) for b in candidates]
     if len(set(bits)) != len(bits):
-        raise ValueError(f"candidate bit-widths must be distinct, got {list(candidates)}")
+        raise ValueError(f"{key} must be distinct bit-widths, got {list(candidates)}")
     return sorted(bits)
 
 

@@ -38,3 +38,14 @@ def test_missing_split_names_the_file(tmp_path):
         read_corpus_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_corpus_folder(tmp_path / "nope")
+
+
+def test_unreadable_or_empty_split_names_the_file(tmp_path):
+    for split in ("valid", "test"):
+        (tmp_path / f"{split}.txt").write_text("a b\n")
+    (tmp_path / "train.txt").write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(ValueError, match=r"train.txt is not UTF-8 text \(byte 5"):
+        read_corpus_folder(tmp_path)
+    (tmp_path / "train.txt").write_text(" \n\n")
+    with pytest.raises(ValueError, match=r"train.txt is empty"):
+        read_corpus_folder(tmp_path)

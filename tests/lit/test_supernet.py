@@ -89,6 +89,10 @@ def test_dual_ascent_pushes_only_the_way_the_budget_needs():
     module = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 2.0))
     reg = module.regularizer
     assert reg.update_dual(0.0, 0.1) == pytest.approx(0.1 * (max(float(reg.ratio()), reg.argmax_measure() / reg.capacity) - 1))
+    # at the prior E[bits] is on the budget but the argmax plan is all 1 bit: only the last
+    # phase's update (on the argmax plan alone) sees that the plan leaves half the budget unused
+    assert reg.update_dual(0.0, 0.1) == pytest.approx(0.0, abs=1e-4)
+    assert reg.update_dual(0.0, 0.1, on_argmax=True) == pytest.approx(0.1 * (1.0 / 2.0 - 1.0), rel=1e-3)
     with torch.no_grad():
         for g in search_groups(module.net):
             g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0]))  # everything at 32 bits: over
