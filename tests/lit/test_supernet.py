@@ -202,3 +202,18 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="is not a readable Lightning checkpoint"):
         load_net_weights(tiny_lm(), path)
     assert "unpickled code ran" not in capsys.readouterr().out
+
+
+def test_a_resume_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    """Lightning reads `--resume` checkpoints through the stages' checkpoint IO: data only, even
+    where a torch version's torch.load would unpickle by default."""
+    import pickle
+    from nas_mpq.lit import AtomicCheckpointIO
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {}, "payload": _RunsOnLoad()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert "unpickled code ran" not in capsys.readouterr().out
+    ok = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, ok)
+    assert AtomicCheckpointIO().load_checkpoint(ok)["epoch"] == 3
