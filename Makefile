@@ -12,7 +12,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,transformers]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -20,7 +20,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/nas-mpq run --config configs/shakespeare_lstm/quick.yaml --run_dir $(RUN_DIR)
 
-test: setup
+test: setup  # the import contracts of pyproject.toml first: a cycle or an upward import fails
+	$(BIN)/lint-imports --no-cache --no-logo
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 bench: setup

@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
 run in several processes side by side (`--arms`), sharing one --ledger."""
@@ -273,11 +275,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def plot(results: dict, fp32: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     arms = sorted({arm for b in results.values() for arm in b})
     for i, arm in enumerate(arms):
         pts = [(s["avg_bits"]["mean"] + 0.012 * (i - len(arms) / 2), s["test_ppl"]["mean"], s["test_ppl"]["std"])
@@ -292,7 +291,6 @@ def plot(results: dict, fp32: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:

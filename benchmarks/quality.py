@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from nas_mpq.pipeline import uniform_bits_for
+from nas_mpq.sensitivity import uniform_bits_for
 from nas_mpq.plan import PrecisionPlan
 
 KEYS = ("test_ppl", "val_ppl", "test_acc", "epochs_to_best_val", "avg_bits", "compression", "size_bits")

@@ -18,12 +18,15 @@ from typing import Any, Callable, Iterable, Mapping
 from .files import write_atomic
 from .quant.activation import check_activation_bits
 from .quant.functional import check_bits
+from .quant.quantizers import QuantizerSettings
 
-PLAN_FORMAT = "nas-mpq.plan/2"
-READABLE_FORMATS = ("nas-mpq.plan/1", PLAN_FORMAT)
+PLAN_FORMAT = "nas-mpq.plan/3"
+READABLE_FORMATS = ("nas-mpq.plan/1", "nas-mpq.plan/2", PLAN_FORMAT)
 """Version 2 added a group's `axis` (column slices), `macs` and `layer` (for BitOps budgets), the
-budget kind "bitops" and `activations` (input bit-width per layer); a version-1 file reads as
-version 2 without them."""
+budget kind "bitops" and `activations` (input bit-width per layer); version 3 a group's quantizer
+settings (`method`, `per_channel`), so a plan applies without its search space. Older files read
+as version 3: without the version-2 fields, with method "uniform" and per-row scales where a
+group stores more than one scale (the setting the scale count shows)."""
 BUDGET_KINDS = ("avg_bits", "compression", "size_mb", "bitops")
 SCALE_BITS = 32
 FLOAT_BITS = 32
@@ -42,7 +45,8 @@ class GroupPlan:
     """One weight group: `rows` is the slice [start, stop) of `param` along dimension `axis` (0:
     rows, e.g. an LSTM gate or the Q rows of one head; 1: columns, e.g. one head's inputs of an
     attention output projection), or None for all of it. `scales` is how many 32-bit scale values
-    the group stores when quantized to 1..8 bits."""
+    the group stores when quantized to 1..8 bits; `method` and `per_channel` are the settings its
+    quantizers are built with (QuantizerSettings)."""
 
     param: str
     rows: tuple[int, int] | None
@@ -53,6 +57,15 @@ class GroupPlan:
     axis: int = 0
     macs: int | None = None
     layer: str | None = None
+    method: str = "uniform"
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        QuantizerSettings(self.method, self.per_channel)  # ValueError naming a bad setting
+
+    @property
+    def settings(self) -> QuantizerSettings:
+        return QuantizerSettings(self.method, self.per_channel)
 
     def view(self, weight: Any) -> Any:
         """The group's part of its parameter tensor `weight` (a view, no copy)."""
@@ -230,6 +243,17 @@ def _named(what: str, check: Callable[[int], int], bits: int) -> None:
         raise ValueError(f"{what}: {e}") from None
 
 
+def _group_from_dict(g: Mapping[str, Any], fmt: str) -> GroupPlan:
+    scales = int(g.get("scales", 1))
+    if fmt == PLAN_FORMAT:
+        settings = {"method": g["method"], "per_channel": g["per_channel"]}
+    else:  # written before groups carried their settings
+        settings = {"method": "uniform", "per_channel": scales > 1}
+    return GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None, int(g["numel"]), int(g["bits"]),
+                     scales, tuple(g["probs"]) if g.get("probs") else None, int(g.get("axis", 0)),
+                     int(g["macs"]) if g.get("macs") is not None else None, g.get("layer"), **settings)
+
+
 def layers(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
     """Group names by the parameter (layer weight) they slice."""
     out: dict[str, list[str]] = {}
@@ -295,7 +319,8 @@ class PrecisionPlan:
         groups = {}
         for n, g in self.groups.items():
             d: dict[str, Any] = {"param": g.param, "rows": list(g.rows) if g.rows else None,
-                                 "numel": g.numel, "bits": g.bits, "scales": g.scales}
+                                 "numel": g.numel, "bits": g.bits, "scales": g.scales,
+                                 "method": g.method, "per_channel": g.per_channel}
             if g.axis:
                 d["axis"] = g.axis
             if g.macs is not None:
@@ -326,11 +351,7 @@ class PrecisionPlan:
             if d.get(key) is not None and not isinstance(d[key], Mapping):
                 raise ValueError(f"{source}: `{key}` must map names to entries, got {d[key]!r}")
         try:
-            groups = {n: GroupPlan(g["param"], tuple(g["rows"]) if g.get("rows") else None,
-                                   int(g["numel"]), int(g["bits"]), int(g.get("scales", 1)),
-                                   tuple(g["probs"]) if g.get("probs") else None, int(g.get("axis", 0)),
-                                   int(g["macs"]) if g.get("macs") is not None else None, g.get("layer"))
-                      for n, g in d["groups"].items()}
+            groups = {n: _group_from_dict(g, d["format"]) for n, g in d["groups"].items()}
             acts = {n: ActivationPlan(int(a["bits"]), tuple(a["probs"]) if a.get("probs") else None)
                     for n, a in (d.get("activations") or {}).items()}
             budget = Budget(**d["budget"]) if d.get("budget") else None
@@ -376,3 +397,4 @@ class PrecisionPlan:
             lines.append("\n| layer input | bits |\n|---|---:|")
             lines += [f"| {n} | {a.bits} |" for n, a in self.activations.items()]
         return "\n".join(lines)
+

@@ -4,20 +4,28 @@ Each entry is a backbone nn.Module class, a function building its default Search
 constructor arguments of a tiny example network with the options of a rich variant of its space
 (the registry-wide tests build it, feed it `net.example_input()` and search it both ways).
 
+`build_space` adds rules of your own in front of a registered space's, or makes a space of rules
+alone for a network nobody registered (any `class_path` network of a config).
+
 Example:
     >>> entry = get_search_space("lstm_lm")
     >>> net = entry.build(vocab_size=10000, hidden_dim=256)
     >>> space = entry.space(candidates=[2, 4, 8])
+    >>> gpt2 = build_space("gpt2", rules=[{"pattern": "lm_head", "exclude": True}], full_coverage=True)
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from nas_mpq.search.space import SearchSpace
+from nas_mpq.search.space import GroupRule, SearchSpace
+
+RULE_SPACE_OPTIONS = ("candidates", "method", "per_channel", "activation_candidates")
+"""The options of a space made of rules alone (the others belong to the registered spaces)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,27 @@ def get_search_space(name: str | SearchSpaceEntry) -> SearchSpaceEntry:
     if name not in _REGISTRY:
         raise ValueError(f"unknown search space {name!r}; registered: {list_search_spaces()}")
     return _REGISTRY[name]
+
+
+def build_space(name: str, rules: list[GroupRule | Mapping[str, Any]] | None = None,
+                full_coverage: bool | None = None, **options: Any) -> SearchSpace:
+    """The registered space `name` with `options` (None keeps a default) and `rules` in front of
+    its own (first match wins); for a name nobody registered, the space of `rules` alone (an
+    empty list searches every searchable layer with the defaults), taking RULE_SPACE_OPTIONS.
+    `full_coverage` demands that every weight matrix be searched or excluded by a rule."""
+    options = {k: v for k, v in options.items() if v is not None}
+    own = [r if isinstance(r, GroupRule) else GroupRule(**r) for r in rules or []]
+    if name in _REGISTRY:
+        space = _REGISTRY[name].space(**options)
+        return dataclasses.replace(space, rules=[*own, *space.rules], full_coverage=bool(full_coverage))
+    if rules is None:
+        raise ValueError(f"unknown search space {name!r}; registered: {list_search_spaces()} "
+                         "(or give rules for a network of your own)")
+    unknown = sorted(set(options) - set(RULE_SPACE_OPTIONS))
+    if unknown:
+        raise ValueError(f"search space {name!r} is made of rules: it takes no option(s) {unknown} (options of "
+                         f"the registered spaces); it takes rules, full_coverage and {list(RULE_SPACE_OPTIONS)}")
+    return SearchSpace(name, rules=own, full_coverage=bool(full_coverage), **options)
 
 
 from . import cnn, lstm_lm, transformer_lm  # noqa: E402,F401  (register)

@@ -1,13 +1,17 @@
-"""Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare) and tiny LSTM LMs."""
+"""Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare), tiny LSTM LMs, and
+a check that every weight of an exported model lies on its quantization table."""
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
 
+from nas_mpq.quant.packing import unpack_codes
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
 
@@ -65,3 +69,23 @@ def config(tmp_path, corpus_dir):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def check_on_tables(path):
+    """Every quantized weight of the exported file is scale x an integer code within its bits."""
+    from nas_mpq.export import group_shape, load_quantized, read_header
+    plan = read_header(path)["plan"]
+    net = load_quantized(path)
+    with safe_open(str(path), framework="pt") as f:
+        for name, g in plan.groups.items():
+            if g.bits in (0, 16, 32):
+                continue
+            shape = group_shape(net, g)
+            codes = unpack_codes(f.get_tensor(f"{name}.codes"), g.bits, math.prod(shape)).reshape(shape)
+            scale = f.get_tensor(f"{name}.scale")
+            limit = 1 if g.bits <= 2 else 2 ** (g.bits - 1) - 1
+            assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all())
+            w = g.view(net.get_parameter(g.param))
+            per_row = scale.reshape((-1,) + (1,) * (len(shape) - 1))
+            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else per_row)), name
+    return plan

@@ -16,9 +16,11 @@ def test_pretrain_search_qat_pipeline(config, tmp_path, capsys):
     assert metrics["test_ppl"] > 1 and (fp32 / "model.ckpt").is_file()
     assert main(["search", "--config", str(config), "--run_dir", str(run),
                  "--init_ckpt", str(fp32 / "model.ckpt")]) == 0
-    assert "groups changed" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert "groups changed" in log and "% of the weights searched (6 tensors" in log  # the coverage report
     plan = json.loads((run / "plan.json").read_text())
-    assert plan["format"] == "nas-mpq.plan/2" and plan["avg_bits"] <= 2.0
+    assert plan["format"] == "nas-mpq.plan/3" and plan["avg_bits"] <= 2.0
+    assert plan["coverage"]["unsearched"]["decoder.bias"]["kind"] == "float"
     assert (run / "plan.png").stat().st_size > 1000
     m = json.loads((run / "metrics.json").read_text())
     assert len(m["val_ppl_history"]) == 2 and m["size_bits"] == plan["size_bits"]
@@ -59,7 +61,7 @@ def test_refuses_to_overwrite_results(config, tmp_path, capsys):
     assert not (run / "checkpoints").exists()  # refused before any training
     assert main(["search", "--config", str(config), "--run_dir", str(run), "--overwrite", "true",
                  "--trainer.max_epochs", "1"]) == 0
-    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/2"
+    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/3"
     with pytest.raises(SystemExit, match="checkpoints of an unfinished run"):
         (run / "plan.json").unlink()
         main(["search", "--config", str(config), "--run_dir", str(run)])
@@ -109,11 +111,11 @@ def _config_network(cfg: dict, stage: str) -> tuple:
 
 @pytest.mark.parametrize("path,stage", shipped_configs())
 def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys):
-    from nas_mpq.cli import StageCLI, stage_args
-    from nas_mpq.lit import AtomicCheckpointIO, FinalizeModule, LMTrainModule, SpaceConfig, SupernetModule
+    from nas_mpq.lit import AtomicCheckpointIO, SpaceConfig
     from nas_mpq.search import uniform_plan
+    from nas_mpq.stages.run import PIPELINE_CLIS
     monkeypatch.chdir(REPO)
-    model_cls = {"search": SupernetModule, "pretrain": LMTrainModule, "finalize": FinalizeModule}[stage]
+    stage_cli = PIPELINE_CLIS[stage]
     cfg = yaml.safe_load(path.read_text())
     net, dm = _config_network(cfg, stage)
     extra = []
@@ -121,8 +123,8 @@ def test_shipped_configs_instantiate(path, stage, tmp_path, monkeypatch, capsys)
         space = SpaceConfig(**cfg.get(stage, cfg)["model"]["space"]).build()
         uniform_plan(net, space, 2).save(tmp_path / "plan.json")
         extra = ["--plan", str(tmp_path / "plan.json")]
-    cli = StageCLI(stage, model_cls, stage_args(stage, ["--config", str(path), "--run_dir", str(tmp_path), *extra]))
-    assert isinstance(cli.model, model_cls) and type(cli.datamodule) is type(dm)
+    cli = stage_cli(["--config", str(path), "--run_dir", str(tmp_path), *extra])
+    assert isinstance(cli.model, stage_cli.model_class) and type(cli.datamodule) is type(dm)
     assert type(cli.model.net) is type(net)
     weights = {k: v.shape for k, v in cli.model.net.state_dict().items() if ".choices." not in k}
     assert weights == {k: v.shape for k, v in net.state_dict().items()}

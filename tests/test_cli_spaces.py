@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 
+from conftest import check_on_tables
 from nas_mpq.cli import main
 from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import prepare_search_, search_groups
 from search_spaces.cnn import ResNetCNN, cnn_space
-from test_pipeline import check_on_tables
 
 TRAINER = {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2,
            "enable_progress_bar": False, "enable_model_summary": False}
@@ -51,7 +51,7 @@ def test_transformer_lm_per_head_search_with_pruning(corpus_dir, tmp_path, capsy
     report, _ = run_and_evaluate(pipeline(net, space, {"kind": "avg_bits", "value": 2.0}, data), tmp_path, capsys)
     assert report["mixed"]["avg_bits"] <= 2.0
     plan = json.loads((tmp_path / "run" / "search" / "plan.json").read_text())
-    assert plan["format"] == "nas-mpq.plan/2" and plan["groups"]["blocks.0.attn.o.weight:h1"]["axis"] == 1
+    assert plan["format"] == "nas-mpq.plan/3" and plan["groups"]["blocks.0.attn.o.weight:h1"]["axis"] == 1
 
 
 @pytest.mark.slow

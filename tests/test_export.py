@@ -6,9 +6,9 @@ import torch
 
 from conftest import tiny_lm
 from nas_mpq.admm import on_table, project
-from nas_mpq.cli import run_evaluate
 from nas_mpq.export import data_bytes, load_quantized, read_header, save_quantized
 from nas_mpq.search import uniform_plan
+from nas_mpq.stages.evaluate import run as run_evaluate
 from search_spaces.lstm_lm import lstm_lm_space
 
 BITS = {"encoder.weight": 8, "decoder.weight": 1, "rnn.weight_ih_l0:i": 0, "rnn.weight_hh_l0:f": 16,
@@ -35,8 +35,7 @@ def quantized(tie=False, vocab=300, per_row=False):
 @pytest.mark.parametrize("per_row", [False, True])
 def test_round_trip_reproduces_the_model(tmp_path, tie, per_row):
     net, plan, codes, args = quantized(tie, per_row=per_row)
-    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args,
-                          space_args={"per_channel": per_row}, metadata={"note": "x"})
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args, metadata={"note": "x"})
     loaded = load_quantized(path)
     x = torch.randint(0, 300, (2, 9))
     net.eval()
@@ -80,7 +79,7 @@ def test_corrupt_truncated_and_unknown_files(tmp_path):
         load_quantized(garbage)
     with pytest.raises(FileNotFoundError):
         load_quantized(tmp_path / "none.safetensors")
-    # metadata naming a search space nobody registered
+    # a file of format 1 (the network of a registered search space) naming a space nobody registered
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(path), framework="pt") as f:
@@ -88,6 +87,7 @@ def test_corrupt_truncated_and_unknown_files(tmp_path):
     p = json.loads(meta["plan"])
     p["search_space"] = "vit_huge"
     save_file(tensors, str(tmp_path / "u.safetensors"), metadata={**meta, "plan": json.dumps(p)})
+    as_format_1(tmp_path / "u.safetensors", tmp_path / "u.safetensors")
     with pytest.raises(ValueError, match="unknown search space 'vit_huge'"):
         load_quantized(tmp_path / "u.safetensors")
 
@@ -106,6 +106,17 @@ def test_plan_that_does_not_match_the_model_names_groups(tmp_path):
 
 
 # ---- model files are data: allowed classes, checked arguments, checksums ------------------------
+
+def as_format_1(path, out):
+    """The packed model as format 1 wrote it: no class path, the network named by its search space."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = {k: v for k, v in meta.items() if k != "model_class"}
+    save_file(tensors, str(out), metadata={**meta, "format": "nas-mpq.model/1", "space_args": "{}"})
+    return out
+
 
 def rewrite(path, out, drop=(), **changes):
     """A copy of the packed model at `out` with metadata entries replaced (JSON-encoded) or dropped."""
@@ -135,11 +146,19 @@ def test_data_class_outside_the_allowed_packages_is_refused_before_import(tmp_pa
         run_evaluate(["--model", str(bad)])  # `nas-mpq evaluate` checks before its parser imports anything
     assert not (tmp_path / "ran").exists() and "beside" not in sys.modules
     # a class merely imported into an allowed package, and a name that is not a class path
-    for class_path, message in (("nas_mpq.cli.Trainer", "does not name a class defined in"),
+    for class_path, message in (("nas_mpq.stages.base.Trainer", "does not name a class defined in"),
                                 ("nas_mpq.data.LMDataModule()", "not a dotted Python name")):
         bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": class_path}})
         with pytest.raises(ValueError, match=message):
             evaluation_data(bad)
+    # a data module nested in the arguments of an allowed one
+    nested = {"class_path": "nas_mpq.data.WithSearchSplit", "init_args": {"datamodule": {"class_path": "beside.Data"}}}
+    bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": nested})
+    with pytest.raises(ValueError, match=r"the data module's datamodule's class path 'beside.Data' is not allowed"):
+        evaluation_data(bad)
+    with pytest.raises(ValueError, match=r"class path 'beside.Data' is not allowed"):
+        run_evaluate(["--model", str(bad)])
+    assert not (tmp_path / "ran").exists() and "beside" not in sys.modules
     # the caller's allow-list
     bad = rewrite(path, tmp_path / "bad.safetensors", metadata={"data": {"class_path": "beside.Data"}})
     assert evaluation_data(bad, allowed=("beside",))["class_path"] == "beside.Data"
@@ -182,8 +201,23 @@ def test_network_arguments_are_checked_before_anything_is_allocated(tmp_path, mo
 def test_network_class_outside_the_allowed_packages_is_refused(tmp_path):
     net, plan, codes, args = quantized()
     path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
-    with pytest.raises(ValueError, match=r"network class LSTMLM of search space 'lstm_lm' is not allowed: .*\['nas_mpq'\]"):
+    with pytest.raises(ValueError, match=r"network's class path 'search_spaces.lstm_lm.LSTMLM' is not allowed: "
+                                         r".*\['nas_mpq'\]"):
         load_quantized(path, allowed=("nas_mpq",))
+    for class_path in ("os.system", "torch.nn.Linear", "nas_mpq.plan.Budget"):
+        bad = rewrite(path, tmp_path / "bad.safetensors", model_class=class_path)
+        with pytest.raises(ValueError, match=rf"network's class path '{class_path}' (is not allowed|is not a Module)"):
+            load_quantized(bad)
+    # a training module of an allowed package is not a network
+    bad = rewrite(path, tmp_path / "bad.safetensors", model_class="nas_mpq.lit.common.LMModule")
+    with pytest.raises(ValueError, match=r"network's class path 'nas_mpq.lit.common.LMModule' is a LightningModule"):
+        load_quantized(bad)
+    # files of format 1 name their network by search space
+    v1 = as_format_1(path, tmp_path / "v1.safetensors")
+    with pytest.raises(ValueError, match=r"network class LSTMLM of search space 'lstm_lm' is not allowed"):
+        load_quantized(v1, allowed=("nas_mpq",))
+    x = torch.randint(0, 300, (2, 9))
+    assert torch.equal(load_quantized(v1)(x)[0], load_quantized(path)(x)[0])
 
 
 def test_a_flipped_byte_names_the_tensor_and_the_file(tmp_path):

@@ -11,3 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_make_clean_never_deletes_runs():
     commands = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "rm -rf" in commands and "runs" not in commands.split()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_checks_the_import_contracts_before_the_tests():
+    commands = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = commands.splitlines()
+    lint = next(i for i, line in enumerate(lines) if "lint-imports" in line)
+    tests = next(i for i, line in enumerate(lines) if "pytest" in line)
+    assert lint < tests

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nas_mpq.plan import Budget, GroupPlan, PrecisionPlan, plan_size
+from nas_mpq.quant import QuantizerSettings
 from nas_mpq.search import apply_plan_, search_groups
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
@@ -59,7 +60,7 @@ def test_round_trip_and_recount(tmp_path):
     plan = hand_plan(budget=Budget("avg_bits", 8.0))
     path = plan.save(tmp_path / "plan.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "nas-mpq.plan/2"
+    assert data["format"] == "nas-mpq.plan/3"
     assert data["size_bits"] == 3248 and data["avg_bits"] == pytest.approx(1616 / 208)
     back = PrecisionPlan.load(path)
     assert back.bits == plan.bits and back.budget == plan.budget and back.meets_budget()
@@ -91,15 +92,16 @@ def test_corrupt_plan_files(tmp_path):
 
 def test_format_version_1_still_loads(tmp_path):
     """A plan written by format version 1 (the quick LSTM config's search) loads, applies to its
-    model and is written back as version 2 with the same content."""
+    model and is written back as version 3 with the same content."""
     assert json.loads(V1_PLAN.read_text())["format"] == "nas-mpq.plan/1"
     plan = PrecisionPlan.load(V1_PLAN)
     assert plan.budget == Budget("avg_bits", 2.0) and plan.meets_budget()
     assert all(g.axis == 0 and g.macs is None for g in plan.groups.values())
+    assert all(g.settings == QuantizerSettings("uniform", False) for g in plan.groups.values())
     net = apply_plan_(LSTMLM(2000, 128, 128, 2), plan, lstm_lm_space())
     assert {g.name: g.plan.bits for g in search_groups(net)} == plan.bits
-    again = PrecisionPlan.load(plan.save(tmp_path / "v2.json"))
-    assert json.loads((tmp_path / "v2.json").read_text())["format"] == "nas-mpq.plan/2"
+    again = PrecisionPlan.load(plan.save(tmp_path / "v3.json"))
+    assert json.loads((tmp_path / "v3.json").read_text())["format"] == "nas-mpq.plan/3"
     assert again.groups == plan.groups and again.size() == plan.size()
 
 

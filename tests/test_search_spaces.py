@@ -81,13 +81,12 @@ def test_plan_and_packed_model_round_trip(name, variant, tmp_path):
     qat = apply_plan_(to_float_(net), back, space)
     check_plan_matches(qat, back, space)
     calibrate_activations_(qat, qat.example_input(2))
-    codes = {g.name: g.choice.quantizers[0].codes(g.plan.view(getattr(g.module, g.module.slices[g.key].param)))
-             for g in search_groups(qat)}
-    path = save_quantized(tmp_path / "model.safetensors", to_float_(copy.deepcopy(qat)), back, codes,
-                          entry.example_args, entry.example_space if variant == "example" else {})
+    path = save_quantized(tmp_path / "model.safetensors", qat, back, model_args=entry.example_args)
     loaded = load_quantized(path)
     x = qat.example_input(2)
     assert torch.allclose(output(loaded, x), output(qat.eval(), x), atol=1e-5)
+    into = load_quantized(path, entry.build(**entry.example_args))  # a network built by the caller
+    assert torch.equal(output(into, x), output(loaded, x))
 
 
 @pytest.mark.parametrize("name", list_search_spaces())

@@ -34,10 +34,11 @@ def group_weight(model: nn.Module, g: GroupPlan) -> torch.Tensor:
 
 
 class ADMMState(nn.Module):
-    """G, U per constrained group of `plan` (32-bit groups are unconstrained), and rho."""
+    """G, U per constrained group of `plan` (32-bit groups are unconstrained), and rho. Each
+    group's table has one scale, or one per row where the plan's group is per_channel."""
 
     def __init__(self, model: nn.Module, plan: PrecisionPlan, rho: float = 1e-3, rho_growth: float = 1.1,
-                 schedule: str = "multiplicative", per_row: bool = False, proj_iters: int = FIT_ITERS,
+                 schedule: str = "multiplicative", proj_iters: int = FIT_ITERS,
                  tol: float = 1e-3) -> None:
         super().__init__()
         if schedule not in RHO_SCHEDULES:
@@ -47,13 +48,13 @@ class ADMMState(nn.Module):
         self.model = [model]  # not a submodule: the state must not own the network's parameters
         self.groups = {n: g for n, g in plan.groups.items() if g.bits != 32}
         self.keys = {n: f"g{i}" for i, n in enumerate(self.groups)}
-        self.schedule, self.rho_growth, self.per_row = schedule, rho_growth, per_row
+        self.schedule, self.rho_growth = schedule, rho_growth
         self.proj_iters, self.tol = proj_iters, tol
         self.register_buffer("rho", torch.tensor(float(rho)))
         self.register_buffer("iteration", torch.tensor(0))
         for name, g in self.groups.items():
             w = group_weight(model, g).detach()
-            codes, scale = project(w, g.bits, per_row, proj_iters)
+            codes, scale = project(w, g.bits, g.per_channel, proj_iters)
             self.register_buffer(f"{self.keys[name]}_codes", codes)
             self.register_buffer(f"{self.keys[name]}_scale", scale.clone())
             self.register_buffer(f"{self.keys[name]}_U", torch.zeros_like(w))
@@ -102,7 +103,7 @@ class ADMMState(nn.Module):
         primal = dual = norm = 0.0
         for n, w in self._weights().items():
             g = self.groups[n]
-            codes, scale = project(w + self.U(n), g.bits, self.per_row, self.proj_iters)
+            codes, scale = project(w + self.U(n), g.bits, g.per_channel, self.proj_iters)
             new_g = codes * scale
             dual += float(((new_g - self.G(n)) ** 2).sum())
             old_codes, old_scale = self.codes(n)

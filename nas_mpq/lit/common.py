@@ -1,9 +1,9 @@
-"""What the LightningModules share: the search-space config, truncated BPTT with a carried
-hidden state (LMs) or plain (images, labels) batches (classifiers), perplexity and accuracy
-metrics, per-step seeding, and loading network weights."""
+"""What the LightningModules share: the search-space config, batches run as the data contract
+says (data_contract.py: a language model's hidden state carried across a stream, or plain
+classifier batches), logged perplexity and accuracy (computed by nas_mpq.metrics), per-step
+seeding, and loading network weights."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -14,20 +14,25 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from nas_mpq.search import SearchSpace, activation_groups, calibrate_activations_, search_groups
-from search_spaces import get_search_space
+from nas_mpq.metrics import forward_batch, perplexity
+from nas_mpq.plan import PrecisionPlan
+from nas_mpq.search import GroupRule, SearchSpace, activation_groups, calibrate_activations_, search_groups
+from search_spaces import build_space
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 
 @dataclass
 class SpaceConfig:
-    """Which registered search space, and overrides of its defaults (None keeps the default):
-    `blocks` is the number of heads (transformer_lm, granularity head) or of output-channel
-    blocks (cnn, granularity block); `prune` adds the 0-bit candidate where the space allows it;
+    """Which search space, and overrides of its defaults (None keeps the default): `blocks` is the
+    number of heads (transformer_lm, granularity head) or of output-channel blocks (cnn,
+    granularity block); `prune` adds the 0-bit candidate where the space allows it;
     `activation_candidates` searches the input bit-width of every Linear/Conv layer;
     `freq_buckets` splits a language model's embedding and softmax layer into that many frequency
-    buckets of rows."""
+    buckets of rows. `rules` (pattern over module or parameter names -> candidates, granularity,
+    exclude) go in front of the space's own; a `name` nobody registered is a space of `rules`
+    alone, for any network. `full_coverage` refuses, before training, a network with weights no
+    rule excludes and no searchable layer covers (search_spaces.build_space)."""
 
     name: str = "lstm_lm"
     candidates: list[int] | None = None
@@ -38,13 +43,22 @@ class SpaceConfig:
     prune: bool | None = None
     activation_candidates: list[int] | None = None
     freq_buckets: int | None = None
-
-    def overrides(self) -> dict[str, Any]:
-        """The options set here (what a packed model stores to rebuild the space)."""
-        return {k: v for k, v in asdict(self).items() if k != "name" and v is not None}
+    rules: list[GroupRule] | None = None
+    full_coverage: bool | None = None
 
     def build(self) -> SearchSpace:
-        return get_search_space(self.name).space(**self.overrides())
+        return build_space(**asdict(self))
+
+    def check_plan_settings(self, plan: PrecisionPlan) -> None:
+        """ValueError naming the groups whose quantizer settings differ from the `method` or
+        `per_channel` this config sets: a plan's groups carry their own, and those are used."""
+        wanted = {k: v for k, v in (("method", self.method), ("per_channel", self.per_channel)) if v is not None}
+        differ = sorted(n for n, g in plan.groups.items() if any(getattr(g, k) != v for k, v in wanted.items()))
+        if differ:
+            settings = ", ".join(f"{k}={v!r}" for k, v in wanted.items())
+            raise ValueError(f"the space sets {settings}, but the plan's groups {differ} were searched with other "
+                             "quantizer settings; the plan decides the quantizer of every group: drop "
+                             f"{' and '.join(wanted)} from the space or search again with them")
 
 
 def detach_hidden(hidden: Any) -> Any:
@@ -112,49 +126,11 @@ def plateau_schedule(optimizer: torch.optim.Optimizer, lr_decay: float | None,
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ppl", "interval": "epoch"}}
 
 
-def perplexity(mean_loss: float) -> float:
-    """exp(mean cross-entropy), capped so a diverged model reports a large finite number."""
-    return math.exp(min(mean_loss, 50.0))
-
-
-def batch_logits(net: nn.Module, batch: tuple, hidden: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(logits (N, C), targets (N,), new hidden state) of one batch: (inputs, targets, first) for
-    a language model (the hidden state is carried unless `first`), (inputs, labels) for a
-    classifier."""
-    if len(batch) == 3:
-        x, y, first = batch
-        logits, hidden = net(x, None if first else hidden)
-        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1), hidden
-    x, y = batch
-    return net(x), y, None
-
-
-@torch.no_grad()
-def stream_metrics(net: nn.Module, batches: Iterable[tuple]) -> dict[str, float]:
-    """{"ppl": perplexity, and for a classifier "acc": accuracy} of `net` over the batches in
-    order, carrying an LM's hidden state as LMModule does, in a plain loop: no Trainer, no
-    distributed metric sync, so one process can evaluate while others have finished."""
-    was_training = net.training
-    net.eval()
-    total, count, correct, hidden, classifier = 0.0, 0, 0, None, False
-    for batch in batches:
-        classifier = len(batch) == 2
-        logits, y, hidden = batch_logits(net, batch, hidden)
-        total += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
-        count += y.numel()
-    net.train(was_training)
-    out = {"ppl": perplexity(total / max(count, 1))}
-    if classifier:
-        out["acc"] = correct / max(count, 1)
-    return out
-
-
 class LMModule(pl.LightningModule):
-    """Base: runs the network over (input, target, first) LM batches, carrying its hidden state
-    across batches and resetting it at the first batch of a pass, or over (images, labels)
-    classifier batches; logs <stage>/loss and <stage>/ppl (exp of the mean cross-entropy over the
-    pass), and <stage>/acc for a classifier."""
+    """Base: runs the network over its batches (the batch contract: nas_mpq.lit.data_contract),
+    carrying a language model's hidden state across the batches of a stream; logs <stage>/loss
+    and <stage>/ppl (exp of the mean cross-entropy over the pass), and <stage>/acc for a
+    classifier."""
 
     def __init__(self, net: nn.Module, seed: int = 0) -> None:
         super().__init__()
@@ -169,16 +145,17 @@ class LMModule(pl.LightningModule):
         return self._loss_and_accuracy(batch, stream)[0]
 
     def _loss_and_accuracy(self, batch: tuple, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, y, hidden = batch_logits(self.net, batch, self._hidden.get(stream))
+        logits, y, hidden, classifier = forward_batch(self.net, batch, self._hidden.get(stream))
         self._hidden[stream] = detach_hidden(hidden)
-        accuracy = (logits.argmax(-1) == y).float().mean() if len(batch) == 2 else None
+        accuracy = (logits.argmax(-1) == y).float().mean() if classifier else None
         return F.cross_entropy(logits, y), accuracy
 
     def setup(self, stage: str) -> None:
-        # activation quantizers start from the same batch in every process (before DDP wraps)
-        datamodule = self.trainer.datamodule
-        if stage == "fit" and datamodule is not None and activation_groups(self.net):
-            batch = next(iter(datamodule.evaluation_batches("train")))
+        # activation quantizers start from the same batch in every process (before DDP wraps);
+        # without evaluation batches each calibrates on the first batch it sees
+        evaluation_batches = getattr(self.trainer.datamodule, "evaluation_batches", None)
+        if stage == "fit" and activation_groups(self.net) and callable(evaluation_batches):
+            batch = next(iter(evaluation_batches("train")))
             calibrate_activations_(self.net, (batch[0],))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -36,7 +36,9 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 class FinalizeModule(LMModule):
     """Trains `net` at `plan` (a plan.json path) with `method` "admm" or "ste"; `lr_decay` and
-    `lr_patience` decay the learning rate on a val/ppl plateau, as in LMTrainModule.
+    `lr_patience` decay the learning rate on a val/ppl plateau, as in LMTrainModule. The plan
+    sets the groups and their quantizers; a `space` given must yield the plan's groups, and a
+    `method` or `per_channel` it sets must be the plan's.
 
     Example:
         >>> module = FinalizeModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
@@ -59,13 +61,14 @@ class FinalizeModule(LMModule):
         if admm_every is not None and admm_every < 1:
             raise ValueError(f"admm_every must be a positive number of minibatches, got {admm_every}")
         self.plan = PrecisionPlan.load(plan)
-        space = space or SpaceConfig(name=self.plan.search_space)
-        if space.name != self.plan.search_space:
+        if space is not None and space.name != self.plan.search_space:
             raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
                              f"the model config says {space.name!r}")
+        if space is not None:
+            space.check_plan_settings(self.plan)
         self.save_hyperparameters(ignore=["net", "optimizer"])
-        self.hparams.update(space=asdict(space))
-        self.space_config, self.space = space, space.build()
+        self.hparams.update(space=None if space is None else asdict(space))
+        self.space = None if space is None else space.build()
         self.method, self.optimizer_factory = method, optimizer
         check_plan_matches(net, self.plan, self.space)
         self._stash: dict[str, torch.Tensor] = {}
@@ -82,7 +85,7 @@ class FinalizeModule(LMModule):
             attach_input_choices_(detach_input_choices_(to_float_(self.net)),
                                   {n: [a.bits] for n, a in self.plan.activations.items()})
             self.admm = ADMMState(self.net, self.plan, h.rho, h.rho_growth, h.rho_schedule,
-                                  per_row=bool(self.space.per_channel), proj_iters=h.proj_iters, tol=h.tol)
+                                  proj_iters=h.proj_iters, tol=h.tol)
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:

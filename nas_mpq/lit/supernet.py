@@ -2,7 +2,8 @@
 
 The algorithm as built (defaults in brackets):
 - theta starts inside the budget: theta_gk = -beta b_k with beta solved so that E[size] equals the
-  budget (`init_prior`), or from a sensitivity file (`init_sensitivity`);
+  budget (`init_prior`), or from a sensitivity file (`init_sensitivity`: -Omega_gk / T minus
+  beta times the group's cost, again with E[size] on the budget);
 - per training batch, after a warm-up with frozen choices [10 % of the steps]:
   1. a batch of the held-out search split: L_val + mu (E[S]/S_T - 1) [+ an entropy term late in
      the search]; backward; clip theta grads; arch step; then the multiplier's dual ascent
@@ -32,8 +33,10 @@ from torch import nn
 from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, prepare_search_,
                             search_groups)
+from nas_mpq.sensitivity import load_sensitivity
 
 from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
+from .data_contract import SearchData, check_datamodule
 
 
 def _default_weight_optimizer(params) -> torch.optim.Optimizer:
@@ -46,6 +49,10 @@ def _default_arch_optimizer(params) -> torch.optim.Optimizer:
 
 class SupernetModule(LMModule):
     """Mixed-precision search over `space` for `net` under `budget`.
+
+    The datamodule must be a `SearchData` (data_contract.py): it serves a held-out search split
+    besides the training split; `WithSearchSplit(datamodule)` makes any LightningDataModule one.
+    Search batches take the same way to the device as training batches (the transfer hooks).
 
     Example:
         >>> module = SupernetModule(LSTMLM(vocab_size=10000), budget=Budget("avg_bits", 2.0))
@@ -97,6 +104,11 @@ class SupernetModule(LMModule):
         self._search_iter: Iterator | None = None
 
     # ---- set-up ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_datamodule(self.trainer.datamodule, SearchData, "SupernetModule")
+        super().setup(stage)
+
     def check_budget(self) -> None:
         """ValueError, before any training, if no plan of this supernet meets the budget, or if
         every plan does (a budget at or above the largest plan's size constrains nothing)."""
@@ -107,9 +119,9 @@ class SupernetModule(LMModule):
 
     @torch.no_grad()
     def init_choices_from(self, sensitivity_json: str, temperature: float = 1.0) -> None:
-        """theta_gk = -Omega_g(b_k) / (T * mean Omega): the search starts from the sensitivity
-        ranking (ALGORITHMS.md section 5) instead of uniform choices."""
-        from nas_mpq.sensitivity_stage import load_sensitivity
+        """theta_gk = -Omega_g(b_k) / (T * mean Omega) - beta cost_gk, beta solved so that E[size]
+        equals the budget: the search starts at the soft version of the sensitivity's own plan at
+        this budget (ALGORITHMS.md section 5) instead of at a plan-blind prior."""
         if temperature <= 0:
             raise ValueError(f"init_temperature must be positive, got {temperature}")
         omega = load_sensitivity(sensitivity_json)
@@ -120,8 +132,8 @@ class SupernetModule(LMModule):
             raise ValueError(f"{sensitivity_json} has no sensitivity for groups (or bit-widths of) {missing}")
         values = [omega[g.name][b] for g in groups for b in g.choice.candidates]
         scale = temperature * max(sum(values) / len(values), 1e-30)
-        for g in groups:
-            g.choice.theta.copy_(torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates]))
+        self.regularizer.init_prior_(base=[torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates])
+                                           for g in groups])
 
     def arch_parameters(self) -> list[nn.Parameter]:
         choices = [g.choice for g in search_groups(self.net)] + [a.choice for a in activation_groups(self.net)]
@@ -156,13 +168,23 @@ class SupernetModule(LMModule):
         self._search_iter = None
 
     def _search_batch(self) -> tuple:
+        """The next batch of the search split (cycling), moved to the parameters' device."""
         if self._search_iter is None:
             self._search_iter = iter(self.trainer.datamodule.search_dataloader())
         try:
-            return next(self._search_iter)
+            batch = next(self._search_iter)
         except StopIteration:
             self._search_iter = iter(self.trainer.datamodule.search_dataloader())
-            return next(self._search_iter)
+            batch = next(self._search_iter)
+        return self._to_device(batch)
+
+    def _to_device(self, batch: Any) -> Any:
+        """The path Lightning's training loop takes with its own batches: the precision plugin's
+        input conversion, then the batch-transfer hooks (on_before_batch_transfer,
+        transfer_batch_to_device, on_after_batch_transfer; the datamodule's where it defines them)."""
+        batch = self.trainer.precision_plugin.convert_input(batch)
+        batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+        return self.trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
     def _arch_terms(self, weight: float, sharpen: float) -> torch.Tensor:
         """The budget term, and the entropy term once the search sharpens its choices."""

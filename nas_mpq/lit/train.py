@@ -20,7 +20,9 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 class LMTrainModule(LMModule):
     """Trains `net` on the training split. With `plan` (a plan.json path) the network is first made
-    a fixed-precision QAT model: every group goes through the quantizer of its planned bits;
+    a fixed-precision QAT model: every group goes through the quantizer of its planned bits and
+    settings (a `space` given must yield the plan's groups, and a `method` or `per_channel` it sets
+    must be the plan's);
     `uniform_bits` does the same with every group at one bit-width (the uniform baseline).
     `lr_decay` multiplies the learning rate by that factor when val/ppl has not improved for
     `lr_patience` epochs (ReduceLROnPlateau); pair it with an EarlyStopping callback.
@@ -45,14 +47,14 @@ class LMTrainModule(LMModule):
             raise ValueError(f"give either plan ({plan}) or uniform_bits ({uniform_bits}), not both")
         if plan is not None:
             self.plan = PrecisionPlan.load(plan)
-            space_cfg = space or SpaceConfig(name=self.plan.search_space)
-            if space_cfg.name != self.plan.search_space:
+            if space is not None and space.name != self.plan.search_space:
                 raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
-                                 f"the model config says {space_cfg.name!r}")
+                                 f"the model config says {space.name!r}")
+            if space is not None:
+                space.check_plan_settings(self.plan)
         elif uniform_bits is not None:
-            space_cfg = space or SpaceConfig()
-            self.plan = uniform_plan(self.net, space_cfg.build(), check_bits(uniform_bits))
-        self.space = space_cfg.build() if self.plan is not None else None
+            self.plan = uniform_plan(self.net, (space or SpaceConfig()).build(), check_bits(uniform_bits))
+        self.space = space.build() if space is not None and self.plan is not None else None
         self.reinitialize()
 
     def reinitialize(self) -> None:

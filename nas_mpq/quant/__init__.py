@@ -7,6 +7,7 @@ from .quantizers import (
     FullPrecision,
     LSQQuantizer,
     Prune,
+    QuantizerSettings,
     UniformQuantizer,
     WeightQuantizer,
     make_quantizer,
@@ -15,5 +16,5 @@ from .quantizers import (
 __all__ = [
     "VALID_BITS", "QUANT_METHODS", "check_bits", "qmax", "round_ste", "identity_ste",
     "WeightQuantizer", "FullPrecision", "Prune", "BinaryQuantizer", "UniformQuantizer",
-    "LSQQuantizer", "make_quantizer", "ACTIVATION_BIT_WIDTHS", "ActivationQuantizer", "check_activation_bits",
+    "LSQQuantizer", "QuantizerSettings", "make_quantizer", "ACTIVATION_BIT_WIDTHS", "ActivationQuantizer", "check_activation_bits",
 ]

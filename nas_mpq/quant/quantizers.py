@@ -7,6 +7,8 @@ Example:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -140,6 +142,31 @@ class LSQQuantizer(WeightQuantizer):
 
 def _scale(w: torch.Tensor, bits: int, per_channel: bool, stats: F.WeightStats | None) -> torch.Tensor:
     return stats.scale(bits) if stats is not None else F.fit_scale(w, bits, per_channel)
+
+
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """How a weight group's quantizers are built, whatever its bits: `method` for 2-8 bits
+    ("uniform": the fitted scale; "lsq": a learned step size) and `per_channel` (one scale per
+    row of the group's weight instead of one per group). A plan records them per group, so it
+    rebuilds the same quantizers without the search space.
+
+    Example:
+        >>> QuantizerSettings("lsq").quantizer(4, torch.randn(8, 16))
+        LSQQuantizer(bits=4, per_channel=False)
+    """
+
+    method: str = "uniform"
+    per_channel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in QUANT_METHODS:
+            raise ValueError(f"unknown quantization method {self.method!r}; valid: {list(QUANT_METHODS)}")
+        if not isinstance(self.per_channel, bool):
+            raise ValueError(f"per_channel must be true or false, got {self.per_channel!r}")
+
+    def quantizer(self, bits: int, weight: torch.Tensor) -> WeightQuantizer:
+        return make_quantizer(bits, weight, self.method, self.per_channel)
 
 
 def make_quantizer(

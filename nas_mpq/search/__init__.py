@@ -1,21 +1,27 @@
-"""Weight groups, mixed-precision choices, searchable layers, model surgery, size and budget.
-No Lightning here: usable from a plain PyTorch loop."""
+"""Weight groups, mixed-precision choices, the layer registry and searchable layers, model
+surgery, coverage, size and budget. No Lightning here: usable from a plain PyTorch loop."""
 from .activations import (ActivationGroup, activation_groups, attach_input_choices_, calibrate_activations_,
                           detach_input_choices_)
+from .attention import SearchMultiheadAttention
 from .budget import PENALTIES, BudgetRegularizer
 from .choice import CompositeWeight, GumbelSampler, MixedPrecisionChoice
+from .conv1d import SearchConv1D
+from .coverage import coverage_report, coverage_summary
+from .derive import derive_plan
+from .groups import SearchGroup, fixed_numel, search_groups
 from .knapsack import repair_plan, solve_knapsack
-from .layers import (SEARCHABLE, BlockSplit, GroupSlice, SearchableMixin, SearchConv2d, SearchEmbedding,
-                     SearchLinear, SearchLSTM)
+from .layers import (BlockSplit, GroupSlice, SearchableMixin, SearchConv2d, SearchEmbedding, SearchLinear,
+                     SearchLSTM, SubstitutedForward)
+from .registry import find_layer, register_layer, registered_layers
 from .space import GroupRule, SearchSpace
-from .surgery import (SearchGroup, apply_plan_, check_plan_matches, derive_plan, fixed_numel,
-                      get_sampler, prepare_search_, search_groups, to_float_, uniform_plan)
+from .surgery import apply_plan_, check_plan_matches, get_sampler, prepare_search_, to_float_, uniform_plan
 
 __all__ = [
-    "CompositeWeight", "GumbelSampler", "MixedPrecisionChoice", "SEARCHABLE", "SearchableMixin",
-    "SearchEmbedding", "SearchLinear", "SearchLSTM", "SearchConv2d", "BlockSplit", "GroupSlice", "GroupRule", "SearchSpace", "SearchGroup",
-    "prepare_search_", "to_float_", "apply_plan_", "derive_plan", "check_plan_matches",
-    "search_groups", "uniform_plan", "fixed_numel", "get_sampler", "repair_plan", "solve_knapsack",
-    "BudgetRegularizer", "PENALTIES", "ActivationGroup", "activation_groups", "attach_input_choices_",
-    "calibrate_activations_", "detach_input_choices_",
+    "CompositeWeight", "GumbelSampler", "MixedPrecisionChoice", "SearchableMixin", "SubstitutedForward",
+    "SearchEmbedding", "SearchLinear", "SearchLSTM", "SearchConv2d", "SearchMultiheadAttention", "SearchConv1D",
+    "register_layer", "find_layer", "registered_layers", "BlockSplit", "GroupSlice", "GroupRule", "SearchSpace",
+    "SearchGroup", "prepare_search_", "to_float_", "apply_plan_", "derive_plan", "check_plan_matches",
+    "search_groups", "uniform_plan", "fixed_numel", "get_sampler", "coverage_report", "coverage_summary", "repair_plan",
+    "solve_knapsack", "BudgetRegularizer", "PENALTIES", "ActivationGroup", "activation_groups",
+    "attach_input_choices_", "calibrate_activations_", "detach_input_choices_",
 ]

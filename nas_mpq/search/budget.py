@@ -22,7 +22,7 @@ from torch import nn
 
 from ..plan import ACTIVATION_BITS, Budget
 from .activations import activation_groups
-from .surgery import fixed_numel, search_groups
+from .groups import fixed_numel, search_groups
 
 PENALTIES = ("lagrange", "one_sided", "two_sided")
 
@@ -94,24 +94,36 @@ class BudgetRegularizer:
         return mu + lr * (r - 1.0)
 
     @torch.no_grad()
-    def init_prior_(self, fill: float = 1.0) -> float:
-        """theta_gk = -beta b_k for every searched choice (weights and inputs), with beta >= 0
-        solved by bisection so that E[measure] = fill x budget (beta = 0, uniform choices, when
-        those are already inside it). The search starts feasible and the loss decides where bits
-        go; without it E[bits] starts at mean(B) (9.4 for {1, 2, 4, 8, 32}) and the budget term
-        drowns the loss. Returns beta."""
-        choices = [c for c in self.choices + self.inputs if c.theta is not None]
+    def init_prior_(self, fill: float = 1.0, base: list[torch.Tensor] | None = None) -> float:
+        """theta = base - beta x price for every searched choice, beta >= 0 solved by bisection
+        so that E[measure] = fill x budget (beta = 0 when base is already inside it). Without
+        `base`, theta_gk = -beta b_k (weights and inputs): the search starts feasible and the loss
+        decides where bits go; without it E[bits] starts at mean(B) (9.4 for {1, 2, 4, 8, 32}) and
+        the budget term drowns the loss. With `base` (one logit vector per weight group, e.g. from
+        a sensitivity), the price is each group's cost over the mean cost, so theta is the soft
+        Lagrangian relaxation of the knapsack `min sum_g base cost + beta size`: its argmax is
+        close to the sensitivity's own plan at the budget. Returns beta."""
+        if base is None:
+            choices = [c for c in self.choices + self.inputs if c.theta is not None]
+            offsets = [torch.zeros(len(c.candidates)) for c in choices]
+            prices = [torch.tensor([float(b) for b in c.candidates]) for c in choices]
+        else:
+            searched = [i for i, c in enumerate(self.choices) if c.theta is not None]
+            choices = [self.choices[i] for i in searched]
+            scale = sum(float(self.costs[i].mean()) for i in searched) / max(len(searched), 1)
+            offsets = [b.to(torch.float32) for b in base]
+            prices = [self.costs[i] / scale for i in searched]
         target = fill * self.capacity
 
         def set_beta(beta: float) -> float:
-            for c in choices:
-                c.theta.copy_(-beta * torch.tensor([float(b) for b in c.candidates]))
+            for c, offset, price in zip(choices, offsets, prices):
+                c.theta.copy_(offset - beta * price)
             return float(self.expected())
 
         lo, hi = 0.0, 1.0
         if set_beta(lo) <= target:
             return lo
-        while set_beta(hi) > target and hi < 1e4:
+        while set_beta(hi) > target and hi < 1e6:
             lo, hi = hi, hi * 2.0
         for _ in range(60):
             mid = 0.5 * (lo + hi)

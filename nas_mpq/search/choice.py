@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..quant import WeightQuantizer
+from ..quant import QuantizerSettings, WeightQuantizer
 from ..quant.functional import WeightStats
 
 
@@ -76,9 +76,10 @@ class MixedPrecisionChoice(nn.Module):
     """A categorical choice over candidate quantizers for one weight group.
 
     With a single candidate it is a fixed-precision quantizer (no theta): that is how a plan is
-    applied for QAT, with the same layers as the search."""
+    applied for QAT, with the same layers as the search. `settings` records how a weight group's
+    quantizers were built (the plan keeps them); None for other choices (layer inputs)."""
 
-    def __init__(self, quantizers: Sequence[WeightQuantizer]) -> None:
+    def __init__(self, quantizers: Sequence[WeightQuantizer], settings: QuantizerSettings | None = None) -> None:
         super().__init__()
         if not quantizers:
             raise ValueError("a choice needs at least one candidate quantizer")
@@ -87,6 +88,7 @@ class MixedPrecisionChoice(nn.Module):
             raise ValueError(f"candidate bit-widths must be distinct, got {bits}")
         self.quantizers = nn.ModuleList(quantizers)
         self.candidates: list[int] = bits
+        self.settings = settings
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
         self._stats: tuple[tuple, WeightStats | None] | None = None

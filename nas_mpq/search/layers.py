@@ -1,12 +1,20 @@
 """Searchable layers: float layers whose weights go through mixed-precision choices.
 
-Each subclasses its float layer, so state dicts keep their names; `from_float` shares the float
-layer's parameters (tied weights stay tied) and `to_float` gives the plain layer back. A layer's
-`choices` are keyed by parameter name, with ":<gate>" for a row slice of an LSTM weight.
+Each subclasses its float layer, so state dicts keep their names, and is registered for it
+(registry.py). `from_float` takes over the float module's state, sharing its parameters (tied
+weights stay tied); `to_float` gives back a module of the original class. A layer's groups are
+keyed by parameter name, with ":<label>" for a slice of it (an LSTM gate, a head, a block of rows,
+a frequency bucket); `slices` says where each group sits and `choice(key)` holds its choice.
+
+A searchable layer of your own: subclass SearchableMixin (or SubstitutedForward, which runs the
+float layer's forward with the composite weights in place of its parameters) and the float
+layer, list the parameters it searches in `weight_names`, build weights with
+`self.composite_weight(param)` in `forward`, and register it with `register_layer(FloatLayer)`.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import _VF, nn
@@ -14,7 +22,8 @@ from torch.nn import functional as F
 
 from ..plan import slice_of
 from .choice import MixedPrecisionChoice
-from .space import LSTM_GATES
+from .registry import register_layer
+from .space import LSTM_GATES, GroupRule
 
 ChoiceFactory = Callable[[str, torch.Tensor], MixedPrecisionChoice]
 """Builds the choice of one group from its key and weight slice."""
@@ -67,8 +76,8 @@ class FreqBuckets(NamedTuple):
 
     buckets: int
 
-    def slices(self, w: torch.Tensor) -> dict[str, GroupSlice]:
-        return {f"weight:f{i}": GroupSlice("weight", bounds)
+    def slices(self, w: torch.Tensor, param: str = "weight") -> dict[str, GroupSlice]:
+        return {f"{param}:f{i}": GroupSlice(param, bounds)
                 for i, bounds in enumerate(zipf_bucket_rows(w.shape[0], self.buckets))}
 
 
@@ -80,15 +89,16 @@ class BlockSplit(NamedTuple):
     axis: int = 0
     prefix: str = "b"
 
-    def slices(self, w: torch.Tensor) -> dict[str, GroupSlice]:
+    def slices(self, w: torch.Tensor, param: str = "weight") -> dict[str, GroupSlice]:
         if self.axis >= w.dim():
             raise ValueError(f"cannot split a {w.dim()}-D weight along dimension {self.axis}")
-        return block_slices("weight", w.shape[self.axis], [f"{self.prefix}{i}" for i in range(self.blocks)],
+        return block_slices(param, w.shape[self.axis], [f"{self.prefix}{i}" for i in range(self.blocks)],
                             self.axis)
 
 
-def _weight_groups(mod: nn.Module, split: BlockSplit | FreqBuckets | None) -> dict[str, GroupSlice]:
-    return {"weight": GroupSlice("weight")} if split is None else split.slices(mod.weight)
+def _choice_key(key: str) -> str:
+    """A group key as a ModuleDict key (no dots: "out_proj.weight" -> "out_proj/weight")."""
+    return key.replace(".", "/")
 
 
 class SearchableMixin:
@@ -96,67 +106,126 @@ class SearchableMixin:
 
     choices: nn.ModuleDict
     slices: dict[str, GroupSlice]
+    float_class: type[nn.Module]
     positions: int | None = 1
     """MACs per sample = weight elements x positions: 1 for a Linear or LSTM (per token or row),
     output height x width for a convolution (recorded by its forward), 0 for an embedding."""
+    default_granularity = "tensor"
+    granularities: tuple[str, ...] = ()
+    """The granularities besides "tensor" (and the default) that the layer's weights take."""
+    owned_children: tuple[str, ...] = ()
+    """Child modules whose weights this layer searches and reads itself (their forward never runs)."""
 
-    def _init_choices(self, groups: dict[str, GroupSlice], make_choice: ChoiceFactory,
-                      shared: dict[str, MixedPrecisionChoice] | None = None) -> None:
-        self.slices = groups
+    @classmethod
+    def weight_names(cls, mod: nn.Module) -> list[str]:
+        """The parameters of `mod` (dotted for those of owned children) that the layer searches."""
+        return ["weight"]
+
+    @classmethod
+    def param_slices(cls, mod: nn.Module, param: str, granularity: str,
+                     rule: GroupRule | None) -> dict[str, GroupSlice]:
+        """The groups of `param` at `granularity` (the rule gives blocks and axis)."""
+        if granularity == "tensor":
+            return {param: GroupSlice(param)}
+        w = mod.get_parameter(param)
+        if granularity == "freq_buckets":
+            return FreqBuckets(rule.blocks).slices(w, param)
+        return BlockSplit(rule.blocks, rule.axis, "h" if granularity == "head" else "b").slices(w, param)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, make_choice: ChoiceFactory, groups: Mapping[str, GroupSlice] | None = None,
+                   shared: Mapping[str, MixedPrecisionChoice] | None = None) -> Any:
+        """The searchable layer holding `mod`'s parameters, with a choice per group (default: one
+        per searched parameter); choices in `shared` (tied weights) are reused, not built."""
+        new = cls.__new__(cls)
+        new.__dict__.update(_copy_state(mod))
+        new.float_class = type(mod)
+        new._init_choices(groups or {p: GroupSlice(p) for p in cls.weight_names(mod)}, make_choice, shared)
+        new.register_forward_pre_hook(_no_fused_parent)
+        return new
+
+    def to_float(self) -> nn.Module:
+        """A module of the original float class with the same parameters."""
+        mod = self.float_class.__new__(self.float_class)
+        state = _copy_state(self, skip=("slices", "float_class", "positions"))
+        del state["_modules"]["choices"]
+        state["_forward_pre_hooks"] = type(self._forward_pre_hooks)(
+            (k, h) for k, h in self._forward_pre_hooks.items() if h is not _no_fused_parent)
+        mod.__dict__.update(state)
+        return mod
+
+    def _init_choices(self, groups: Mapping[str, GroupSlice], make_choice: ChoiceFactory,
+                      shared: Mapping[str, MixedPrecisionChoice] | None = None) -> None:
+        self.slices = dict(groups)
         self.choices = nn.ModuleDict()
         for key, where in groups.items():
             if shared and key in shared:
-                self.choices[key] = shared[key]
+                self.choices[_choice_key(key)] = shared[key]
                 continue
-            self.choices[key] = make_choice(key, where.of(getattr(self, where.param).detach()))
+            self.choices[_choice_key(key)] = make_choice(key, where.of(self.get_parameter(where.param).detach()))
+
+    def choice(self, key: str) -> MixedPrecisionChoice:
+        return self.choices[_choice_key(key)]
 
     def composite_weight(self, param: str) -> torch.Tensor:
-        """The weight `param` with every group replaced by its composite (blocks concatenated)."""
-        w = getattr(self, param)
+        """The weight `param` with every group replaced by its composite (blocks concatenated);
+        the weight itself when no group covers it."""
+        w = self.get_parameter(param)
         parts = [(where, key) for key, where in self.slices.items() if where.param == param]
+        if not parts:
+            return w
         if len(parts) == 1 and parts[0][0].rows is None:
-            return self.choices[parts[0][1]].composite(w)
+            return self.choice(parts[0][1]).composite(w)
         parts.sort(key=lambda item: item[0].rows[0])
-        return torch.cat([self.choices[key].composite(where.of(w)) for where, key in parts], dim=parts[0][0].axis)
+        return torch.cat([self.choice(key).composite(where.of(w)) for where, key in parts], dim=parts[0][0].axis)
 
 
+def _no_fused_parent(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing. Its presence keeps fused inference paths of enclosing
+    PyTorch modules (nn.TransformerEncoderLayer's, which read their layers' weights directly) off,
+    as they are whenever a submodule has hooks, so the composite weights are the ones used."""
+
+
+class SubstitutedForward(SearchableMixin):
+    """A searchable layer that runs its float class's forward with every searched parameter
+    replaced by its composite weight, for float layers whose forward reads their weights as
+    attributes (nn.MultiheadAttention, transformers' Conv1D)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        params = dict.fromkeys(where.param for where in self.slices.values())
+        with substituted(self, {p: self.composite_weight(p) for p in params}):
+            return self.float_class.forward(self, *args, **kwargs)
+
+
+@contextmanager
+def substituted(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block, `module`'s parameters named in `tensors` (dotted for submodules) read
+    as the given tensors; the parameters are back afterwards, whatever happens."""
+    saved = []
+    try:
+        for name, t in tensors.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = t
+        yield
+    finally:
+        for owner, leaf, p in reversed(saved):
+            owner._parameters[leaf] = p
+
+
+@register_layer(nn.Linear)
 class SearchLinear(SearchableMixin, nn.Linear):
-    @classmethod
-    def from_float(cls, mod: nn.Linear, make_choice: ChoiceFactory,
-                   shared: dict[str, MixedPrecisionChoice] | None = None,
-                   split: BlockSplit | FreqBuckets | None = None) -> "SearchLinear":
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.in_features, new.out_features = mod.in_features, mod.out_features
-        new.weight, new.bias = mod.weight, mod.bias
-        new._init_choices(_weight_groups(mod, split), make_choice, shared)
-        return new
+    granularities = ("head", "block", "freq_buckets")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.composite_weight("weight"), self.bias)
 
-    def to_float(self) -> nn.Linear:
-        mod = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        mod.weight, mod.bias = self.weight, self.bias
-        return mod
 
-
+@register_layer(nn.Embedding)
 class SearchEmbedding(SearchableMixin, nn.Embedding):
     positions = 0
-    _FIELDS = ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
-               "scale_grad_by_freq", "sparse")
-
-    @classmethod
-    def from_float(cls, mod: nn.Embedding, make_choice: ChoiceFactory,
-                   shared: dict[str, MixedPrecisionChoice] | None = None,
-                   split: FreqBuckets | None = None) -> "SearchEmbedding":
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        for f in cls._FIELDS:
-            setattr(new, f, getattr(mod, f))
-        new.weight = mod.weight
-        new._init_choices(_weight_groups(mod, split), make_choice, shared)
-        return new
+    granularities = ("freq_buckets",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         choice = self.choices["weight"] if "weight" in self.choices else None
@@ -172,37 +241,31 @@ class SearchEmbedding(SearchableMixin, nn.Embedding):
         rows = choice.composite(self.weight[used], stats)
         return F.embedding(inverse, rows, None, None, self.norm_type, self.scale_grad_by_freq, self.sparse)
 
-    def to_float(self) -> nn.Embedding:
-        mod = nn.Embedding(self.num_embeddings, self.embedding_dim, device="meta")
-        for f in self._FIELDS:
-            setattr(mod, f, getattr(self, f))
-        mod.weight = self.weight
-        return mod
 
-
+@register_layer(nn.LSTM)
 class SearchLSTM(SearchableMixin, nn.LSTM):
     """nn.LSTM whose weight_ih/weight_hh are composites (per tensor or per gate i, f, g, o); the
     fused LSTM kernel runs once per forward with them. Batched input, no proj_size."""
 
+    default_granularity = "gate"
+
     @classmethod
-    def from_float(cls, mod: nn.LSTM, make_choice: ChoiceFactory, granularity: str = "gate",
-                   shared: dict[str, MixedPrecisionChoice] | None = None) -> "SearchLSTM":
+    def weight_names(cls, mod: nn.LSTM) -> list[str]:
+        return [n for n in mod._flat_weights_names if n.startswith("weight_")]
+
+    @classmethod
+    def param_slices(cls, mod: nn.LSTM, param: str, granularity: str,
+                     rule: GroupRule | None) -> dict[str, GroupSlice]:
+        if granularity == "gate":
+            return block_slices(param, 4 * mod.hidden_size, LSTM_GATES)
+        return super().param_slices(mod, param, granularity, rule)
+
+    @classmethod
+    def from_float(cls, mod: nn.LSTM, make_choice: ChoiceFactory, groups: Mapping[str, GroupSlice] | None = None,
+                   shared: Mapping[str, MixedPrecisionChoice] | None = None) -> "SearchLSTM":
         if mod.proj_size:
             raise ValueError(f"SearchLSTM does not support proj_size (got {mod.proj_size})")
-        new = cls.__new__(cls)
-        new.__dict__.update(_copy_state(mod, skip=("_modules",)))
-        new._modules = {}
-        h = mod.hidden_size
-        groups: dict[str, GroupSlice] = {}
-        for name in mod._flat_weights_names:
-            if not name.startswith("weight_"):
-                continue
-            if granularity == "gate":
-                groups.update(block_slices(name, 4 * h, LSTM_GATES))
-            else:
-                groups[name] = GroupSlice(name)
-        new._init_choices(groups, make_choice, shared)
-        return new
+        return super().from_float(mod, make_choice, groups, shared)
 
     def forward(self, x: torch.Tensor,  # type: ignore[override]
                 hx: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -218,51 +281,21 @@ class SearchLSTM(SearchableMixin, nn.LSTM):
                              self.training, self.bidirectional, self.batch_first)
         return out, (h, c)
 
-    def to_float(self) -> nn.LSTM:
-        mod = nn.LSTM.__new__(nn.LSTM)
-        mod.__dict__.update(_copy_state(self, skip=("_modules", "slices")))
-        mod._modules = {}
-        return mod
 
-
+@register_layer(nn.Conv2d)
 class SearchConv2d(SearchableMixin, nn.Conv2d):
     """nn.Conv2d with a composite weight (one group, or blocks of output channels)."""
 
     positions = None
-
-    @classmethod
-    def from_float(cls, mod: nn.Conv2d, make_choice: ChoiceFactory,
-                   shared: dict[str, MixedPrecisionChoice] | None = None,
-                   split: BlockSplit | None = None) -> "SearchConv2d":
-        new = cls.__new__(cls)
-        new.__dict__.update(_copy_state(mod, skip=("_modules",)))
-        new._modules = {}
-        new._init_choices(_weight_groups(mod, split), make_choice, shared)
-        return new
+    granularities = ("head", "block")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._conv_forward(x, self.composite_weight("weight"), self.bias)
         self.positions = out.shape[-2] * out.shape[-1]
         return out
 
-    def to_float(self) -> nn.Conv2d:
-        mod = nn.Conv2d.__new__(nn.Conv2d)
-        mod.__dict__.update(_copy_state(self, skip=("_modules", "slices", "positions")))
-        mod._modules = {}
-        return mod
 
-
-def _copy_state(mod: nn.Module, skip: tuple[str, ...]) -> dict:
+def _copy_state(mod: nn.Module, skip: tuple[str, ...] = ()) -> dict:
     """A module's attributes with its containers copied, so the two modules share tensors only."""
-    return {k: (v.copy() if isinstance(v, (dict, list)) else v)
+    return {k: (v.copy() if isinstance(v, (dict, list, set)) else v)
             for k, v in mod.__dict__.items() if k not in skip}
-
-
-SEARCHABLE: dict[type[nn.Module], type[SearchableMixin]] = {
-    nn.Linear: SearchLinear, nn.Embedding: SearchEmbedding, nn.LSTM: SearchLSTM, nn.Conv2d: SearchConv2d,
-}
-"""Float layer type -> its searchable subclass."""
-
-SPLITTABLE = {SearchLinear: ("head", "block", "freq_buckets"), SearchConv2d: ("head", "block"),
-              SearchEmbedding: ("freq_buckets",)}
-"""Which row/column splits each searchable layer takes."""

@@ -1,16 +1,24 @@
-"""Search-space specs: which modules are searched, at what granularity, over which bit-widths.
+"""Search-space specs: which weights are searched, at what granularity, over which bit-widths.
+
+A space is a list of rules over names, first match wins: a rule's `pattern` (fnmatch) is tried
+against a layer's qualified module name ("rnn", "blocks.0.attn.q") and against the qualified names
+of the parameters it searches ("rnn.weight_hh_l0", "attn.in_proj_weight", "attn.out_proj.weight"),
+so rules can be written for any network, registered or not (FQN rules).
 
 Example:
     >>> space = SearchSpace("lstm_lm", candidates=[1, 2, 4, 8, 32],
     ...                     rules=[GroupRule("decoder", candidates=[2, 4, 8])])
+    >>> gpt2 = SearchSpace("gpt2", rules=[GroupRule("*.c_attn.weight", candidates=[4, 8]),
+    ...                                   GroupRule("lm_head", exclude=True)], full_coverage=True)
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
 
-from ..quant import QUANT_METHODS, check_activation_bits, check_bits
+from ..quant import QUANT_METHODS, QuantizerSettings, check_activation_bits, check_bits
 
+DEFAULT_CANDIDATES = (1, 2, 4, 8, 32)
 GRANULARITIES = ("tensor", "gate", "head", "block", "freq_buckets")
 """tensor: one group per weight; gate: an LSTM weight per gate (i, f, g, o); head: `blocks` equal
 blocks along `axis` labelled h0.. (attention heads); block: `blocks` equal blocks of output
@@ -21,9 +29,11 @@ LSTM_GATES = ("i", "f", "g", "o")
 
 @dataclass
 class GroupRule:
-    """Applies to modules whose qualified name matches `pattern` (fnmatch). `granularity` "gate"
-    splits each LSTM weight into its four gates, "head" and "block" split a Linear or Conv weight
-    into `blocks` equal blocks along `axis`; `exclude` keeps the module in FP32."""
+    """Applies to the weights of layers whose qualified module name, or to weights whose qualified
+    parameter name, matches `pattern` (fnmatch). `granularity` "gate" splits each LSTM weight into
+    its four gates, "head" and "block" split a weight into `blocks` equal blocks along `axis`
+    (for nn.MultiheadAttention "head" splits Q, K, V by rows and O by columns); `candidates`
+    replaces the space's; `exclude` keeps the weights in FP32."""
 
     pattern: str
     granularity: str | None = None
@@ -48,16 +58,18 @@ class GroupRule:
 
 @dataclass
 class SearchSpace:
-    """The default candidates, per-module rules (first match wins), quantizer settings, and the
-    activation candidates for the input of every searched Linear/Conv2d layer (None: activations
-    stay in float)."""
+    """The default candidates, rules (first match wins), quantizer settings, and the activation
+    candidates for the input of every searched Linear/Conv2d layer (None: activations stay in
+    float). `full_coverage` makes preparing a model fail, naming the weights, when any weight
+    matrix is left unsearched without a rule excluding it."""
 
     name: str
-    candidates: list[int]
+    candidates: list[int] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     rules: list[GroupRule] = field(default_factory=list)
     method: str = "uniform"
     per_channel: bool = False
     activation_candidates: list[int] | None = None
+    full_coverage: bool = False
 
     def __post_init__(self) -> None:
         self.candidates = check_candidates(self.candidates)
@@ -69,8 +81,22 @@ class SearchSpace:
             raise ValueError(f"unknown quantization method {self.method!r}; valid: {list(QUANT_METHODS)}")
         self.rules = [r if isinstance(r, GroupRule) else GroupRule(**r) for r in self.rules]
 
-    def rule_for(self, module_name: str) -> GroupRule | None:
-        return next((r for r in self.rules if fnmatch.fnmatchcase(module_name, r.pattern)), None)
+    @property
+    def settings(self) -> QuantizerSettings:
+        return QuantizerSettings(self.method, bool(self.per_channel))
+
+    def rule_for(self, *names: str) -> GroupRule | None:
+        """The first rule whose pattern matches one of `names`."""
+        return next((r for r in self.rules if any(fnmatch.fnmatchcase(n, r.pattern) for n in names)), None)
+
+
+def rule_names(layer_name: str, param: str) -> tuple[str, ...]:
+    """The names a rule may match for parameter `param` of the layer `layer_name`: the layer's
+    name, the names of the submodules on the way (an attention layer's "out_proj") and the
+    parameter's qualified name."""
+    parts = param.split(".")
+    prefix = [layer_name] if layer_name else []
+    return tuple(".".join(prefix + parts[:i]) for i in range(0 if layer_name else 1, len(parts) + 1))
 
 
 def check_candidates(candidates: list[int], key: str = "candidates") -> list[int]:

@@ -1,107 +1,151 @@
 """Model surgery: turn a float model into a supernet, a supernet or float model into a fixed-plan
-QAT model, and read the plan off a supernet.
+QAT model, and back.
+
+Every module the layer registry matches (registry.py: nn.Linear and its subclasses, Embedding,
+LSTM, Conv2d, MultiheadAttention, transformers' Conv1D, and the layers users register) is
+replaced in place by its searchable layer. Which of its weights are searched, in which groups and
+over which quantizers comes from a search space's rules (prepare_search_) or from a plan, which
+records every group's slice, bits and quantizer settings (apply_plan_).
 
 Example:
     >>> net = LSTMLM(vocab_size=1000)
     >>> prepare_search_(net, space)            # every group gets a Gumbel-softmax choice
     >>> plan = derive_plan(net, space, budget=Budget("avg_bits", 2.0))
-    >>> apply_plan_(LSTMLM(vocab_size=1000), plan, space)   # fixed precision, ready for QAT
+    >>> apply_plan_(LSTMLM(vocab_size=1000), plan)   # fixed precision, ready for QAT
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+import logging
 from functools import partial
-from typing import Iterator, Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..plan import ActivationPlan, Budget, GroupPlan, PrecisionPlan, layers
-from ..quant import make_quantizer
+from ..plan import ActivationPlan, GroupPlan, PrecisionPlan
+from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_, detach_input_choices_,
+                          move_input_choice)
 from .choice import GumbelSampler, MixedPrecisionChoice
-from .knapsack import repair_plan
-from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_,
-                          detach_input_choices_, move_input_choice)
-from .layers import (SEARCHABLE, SPLITTABLE, BlockSplit, FreqBuckets, GroupSlice, SearchableMixin, SearchConv2d,
-                     SearchLSTM)
-from .space import GroupRule, SearchSpace
+from .coverage import check_full_coverage, coverage_report, unsupported
+from .derive import derive_plan
+from .groups import search_groups
+from .layers import GroupSlice, SearchableMixin, SearchConv2d
+from .registry import find_layer
+from .space import GroupRule, SearchSpace, rule_names
 
 _SAMPLER = "_nas_mpq_sampler"
 _HOOK = "_nas_mpq_hook"
+logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SearchGroup:
-    """A searched group as found in a prepared model."""
-
-    name: str
-    module: SearchableMixin
-    key: str
-    choice: MixedPrecisionChoice
-    plan: GroupPlan
+def _join(layer_name: str, key: str) -> str:
+    return f"{layer_name}.{key}" if layer_name else key
 
 
-def _named_parameters_ids(model: nn.Module) -> dict[int, str]:
-    return {id(p): n for n, p in model.named_parameters()}
+class _SpaceGrouping:
+    """Groups and candidate quantizers as a search space's rules give them."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def _rule(self, layer_name: str, param: str) -> GroupRule | None:
+        return self.space.rule_for(*rule_names(layer_name, param))
+
+    def slices(self, layer_name: str, mod: nn.Module, cls: type[SearchableMixin], param: str) -> dict[str, GroupSlice]:
+        rule = self._rule(layer_name, param)
+        if rule is not None and rule.exclude:
+            return {}
+        granularity = rule.granularity if rule and rule.granularity else cls.default_granularity
+        if granularity not in {"tensor", cls.default_granularity, *cls.granularities}:
+            raise ValueError(f"granularity {granularity!r} (rule {rule.pattern!r}) does not apply to the "
+                             f"{cls.__name__.removeprefix('Search').lower()} {layer_name!r}")
+        return cls.param_slices(mod, param, granularity, rule)
+
+    def choice(self, layer_name: str, key: str, w: torch.Tensor) -> MixedPrecisionChoice:
+        rule = self._rule(layer_name, key.split(":")[0])
+        settings = self.space.settings
+        bits = rule.candidates if rule and rule.candidates else self.space.candidates
+        return MixedPrecisionChoice([settings.quantizer(b, w) for b in bits], settings)
 
 
-def _group_candidates(space: SearchSpace, module_name: str, key: str,
-                      override: Mapping[str, list[int]] | None) -> list[int]:
-    name = f"{module_name}.{key}"
-    if override is not None:
-        if name not in override:
-            raise KeyError(name)
-        return override[name]
-    rule = space.rule_for(module_name)
-    return rule.candidates if rule and rule.candidates else space.candidates
+class _PlanGrouping:
+    """Groups and their single quantizers as a plan records them (slice, bits, settings); None
+    for a parameter the plan does not name."""
+
+    def __init__(self, plan: PrecisionPlan) -> None:
+        self.plan = plan
+        self.by_param: dict[str, dict[str, GroupPlan]] = {}
+        for name, g in plan.groups.items():
+            self.by_param.setdefault(g.param, {})[name] = g
+
+    def slices(self, layer_name: str, mod: nn.Module, cls: type[SearchableMixin], param: str) -> dict[str, GroupSlice] | None:
+        prefix, w = _join(layer_name, ""), mod.get_parameter(param)
+        out = {name[len(prefix):]: GroupSlice(param, g.rows, g.axis)
+               for name, g in self.by_param.get(_join(layer_name, param), {}).items()
+               if name.startswith(prefix) and name[len(prefix):].split(":")[0] == param and _fits(g, w)}
+        return out or None
+
+    def choice(self, layer_name: str, key: str, w: torch.Tensor) -> MixedPrecisionChoice:
+        g = self.plan.groups[_join(layer_name, key)]
+        return MixedPrecisionChoice([g.settings.quantizer(g.bits, w)], g.settings)
 
 
-def prepare_search_(model: nn.Module, space: SearchSpace, *,
-                    candidates: Mapping[str, list[int]] | None = None,
-                    activation_candidates: Mapping[str, list[int]] | None = None,
-                    sampler: GumbelSampler | None = None) -> nn.Module:
-    """Replace every searchable layer (Linear, Embedding, LSTM, Conv2d) of `model` in place by its
-    searchable subclass, with one choice per weight group, and (when the space searches
-    activations) give every searched Linear/Conv2d an input choice over the space's activation
-    candidates. `candidates` / `activation_candidates` override them per group / layer name
-    (apply_plan_ passes one bit-width each). Parameters shared between layers (tied
-    embedding/output) form one group. Every forward of the model then draws fresh Gumbel noise
-    from `sampler` in training mode and uses the argmax in eval mode."""
+def _fits(g: GroupPlan, w: torch.Tensor) -> bool:
+    return g.rows is None or (g.axis < w.dim() and 0 <= g.rows[0] < g.rows[1] <= w.shape[g.axis])
+
+
+def _replace_layers(model: nn.Module, grouping: _SpaceGrouping | _PlanGrouping) -> list[str]:
+    """Replace every registered layer with groups by its searchable layer; the names replaced.
+    A parameter shared between layers (tied embedding and softmax layer) is grouped by the first
+    layer that has it, the others share its choices."""
+    seen: dict[int, tuple[str, dict[str, GroupSlice], dict[str, MixedPrecisionChoice]]] = {}
+    owned: set[str] = set()
+    replaced = []
+    for layer_name, mod in list(model.named_modules()):
+        cls = None if layer_name in owned else find_layer(mod).searchable
+        if cls is None:
+            continue
+        if not layer_name:
+            raise ValueError(f"the model itself is a single layer ({type(mod).__name__}); wrap it in a module to search it")
+        owned.update(_join(layer_name, c) for c in cls.owned_children)
+        groups: dict[str, GroupSlice] = {}
+        shared: dict[str, MixedPrecisionChoice] = {}
+        first_here: list[int] = []  # parameters this layer is the first to group
+        for param in cls.weight_names(mod):
+            w, own = mod.get_parameter(param), grouping.slices(layer_name, mod, cls, param)
+            if id(w) not in seen:
+                if own is not None:
+                    groups.update(own)
+                    seen[id(w)] = (param, own, {})
+                    first_here.append(id(w))
+                continue
+            first, first_slices, first_choices = seen[id(w)]
+            tied = {param + k[len(first):]: GroupSlice(param, s.rows, s.axis) for k, s in first_slices.items()}
+            if own is not None and own != tied:
+                raise ValueError(f"{layer_name!r} shares its weight with a layer grouped differently "
+                                 f"({sorted(tied)} vs {sorted(own)}); give tied layers the same granularity")
+            groups.update(tied)
+            shared.update({param + k[len(first):]: c for k, c in first_choices.items()})
+        if not groups:
+            continue
+        new = cls.from_float(mod, partial(grouping.choice, layer_name), groups, shared)
+        for key in first_here:
+            seen[key][2].update({k: new.choice(k) for k in seen[key][1]})
+        _set_submodule(model, layer_name, new)
+        replaced.append(layer_name)
+    return replaced
+
+
+def _prepare(model: nn.Module, grouping: _SpaceGrouping | _PlanGrouping,
+             inputs: Callable[[nn.Module, list[str]], Mapping[str, list[int]]],
+             sampler: GumbelSampler | None = None) -> nn.Module:
     to_float_(model)
     detach_input_choices_(model)
-    by_param: dict[int, dict[str, MixedPrecisionChoice]] = {}
-    slices: dict[int, dict[str, GroupSlice]] = {}
-    inputs: dict[str, list[int]] = dict(activation_candidates or {})
-    for module_name, mod in list(model.named_modules()):
-        cls = SEARCHABLE.get(type(mod))
-        rule = space.rule_for(module_name)
-        if cls is None or (rule is not None and rule.exclude):
-            continue
-
-        def make_choice(key: str, w: torch.Tensor, _name: str = module_name) -> MixedPrecisionChoice:
-            bits = _group_candidates(space, _name, key, candidates)
-            return MixedPrecisionChoice([make_quantizer(b, w, space.method, space.per_channel)
-                                         for b in bits])
-
-        shared = by_param.get(id(getattr(mod, "weight", None)))
-        split = _split_for(rule, cls, module_name)
-        if cls is SearchLSTM:
-            granularity = (rule.granularity if rule and rule.granularity else "gate")
-            new = SearchLSTM.from_float(mod, make_choice, granularity)
-        else:
-            new = cls.from_float(mod, make_choice, shared, split)
-            if shared is not None and slices[id(mod.weight)] != new.slices:
-                raise ValueError(f"{module_name!r} shares its weight with a layer grouped differently "
-                                 f"({sorted(shared)} vs {sorted(new.choices)}); give tied layers the same granularity")
-            by_param.setdefault(id(mod.weight), dict(new.choices))
-            slices.setdefault(id(mod.weight), dict(new.slices))
-        _set_submodule(model, module_name, new)
-        if activation_candidates is None and space.activation_candidates and isinstance(new, ACTIVATION_LAYERS):
-            inputs[module_name] = space.activation_candidates
+    replaced = _replace_layers(model, grouping)
     _record_positions(model)  # before the input choices, which would calibrate on the probe
-    attach_input_choices_(model, inputs)
+    attach_input_choices_(model, inputs(model, replaced))
     searched = [g.choice for g in search_groups(model) if g.choice.theta is not None]
     searched += [g.choice for g in activation_groups(model) if g.choice.theta is not None]
     if searched:
@@ -111,17 +155,38 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *,
     return model
 
 
-def _split_for(rule: GroupRule | None, cls: type, module_name: str) -> BlockSplit | FreqBuckets | None:
-    """The row/column split a rule asks of a layer (None: one group), or ValueError if the layer
-    cannot take it."""
-    if rule is None or rule.granularity in (None, "tensor", "gate"):
-        return None
-    if rule.granularity not in SPLITTABLE.get(cls, ()):
-        raise ValueError(f"granularity {rule.granularity!r} (rule {rule.pattern!r}) does not apply to the "
-                         f"{cls.__name__.removeprefix('Search').lower()} {module_name!r}")
-    if rule.granularity == "freq_buckets":
-        return FreqBuckets(rule.blocks)
-    return BlockSplit(rule.blocks, rule.axis, "h" if rule.granularity == "head" else "b")
+def _prepare_with_space(model: nn.Module, space: SearchSpace, sampler: GumbelSampler | None = None) -> dict:
+    """prepare_search_ without the warning; returns the coverage report."""
+    def inputs(net: nn.Module, replaced: list[str]) -> dict[str, list[int]]:
+        if not space.activation_candidates:
+            return {}
+        return {n: space.activation_candidates for n in replaced
+                if isinstance(net.get_submodule(n), ACTIVATION_LAYERS)}
+
+    _prepare(model, _SpaceGrouping(space), inputs, sampler)
+    report = coverage_report(model, space)
+    try:
+        check_full_coverage(report, space)
+    except ValueError:
+        detach_input_choices_(to_float_(model))
+        raise
+    return report
+
+
+def prepare_search_(model: nn.Module, space: SearchSpace, *, sampler: GumbelSampler | None = None) -> nn.Module:
+    """Replace every searchable layer of `model` in place by its searchable layer, with one
+    choice per weight group under `space`, and (when the space searches activations) give every
+    searched Linear/Conv2d an input choice over the space's activation candidates. Parameters
+    shared between layers (tied embedding/output) form one group. Every forward of the model
+    then draws fresh Gumbel noise from `sampler` in training mode and uses the argmax in eval
+    mode. Weights no searchable layer covers are named in a warning, or, when the space demands
+    full coverage, in a ValueError (the model is left as it was)."""
+    report = _prepare_with_space(model, space, sampler)
+    missing = unsupported(report)
+    if missing:
+        logger.warning("%.1f %% of the weights are searched; not searchable: %s", 100 * report["searched_share"],
+                       "; ".join(f"{n} ({why})" for n, why in missing.items()))
+    return model
 
 
 @torch.no_grad()
@@ -152,7 +217,7 @@ def get_sampler(model: nn.Module) -> GumbelSampler:
 
 
 def to_float_(model: nn.Module) -> nn.Module:
-    """Undo prepare_search_/apply_plan_ in place: plain float layers sharing the same parameters."""
+    """Undo prepare_search_/apply_plan_ in place: the float layers, sharing the same parameters."""
     for name, mod in list(model.named_modules()):
         if isinstance(mod, SearchableMixin):
             _set_submodule(model, name, mod.to_float())
@@ -169,95 +234,45 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def search_groups(model: nn.Module) -> list[SearchGroup]:
-    """Every searched group of a prepared model, in module order, tied groups once (their MACs
-    summed over the layers that share them, `layer` the one with the most)."""
-    names = _named_parameters_ids(model)
-    users: dict[int, list[tuple[str, SearchableMixin, str]]] = {}
-    for module_name, mod in model.named_modules():
-        if isinstance(mod, SearchableMixin):
-            for key, choice in mod.choices.items():
-                users.setdefault(id(choice), []).append((module_name, mod, key))
-    out = []
-    for sharers in users.values():
-        module_name, mod, key = sharers[0]
-        choice = mod.choices[key]
-        where = mod.slices[key]
-        w = getattr(mod, where.param)
-        part = where.of(w)
-        scales = max(q.num_scales(part.shape) for q in choice.quantizers) or 1
-        positions = [(m.positions, n) for n, m, _ in sharers]
-        macs = layer = None
-        if all(p is not None for p, _ in positions):
-            macs = part.numel() * sum(p for p, _ in positions)
-            layer = max(positions)[1] if macs else None
-        gp = GroupPlan(names[id(w)], where.rows, part.numel(), choice.argmax_bits(), scales,
-                       tuple(choice.probs().tolist()), where.axis, macs, layer)
-        out.append(SearchGroup(f"{module_name}.{key}", mod, key, choice, gp))
-    return out
-
-
-def fixed_numel(model: nn.Module) -> int:
-    """Parameters outside every searched group (biases, norms, excluded layers), counted once;
-    theta, quantizer scales and activation clipping values are not model weights (scales are
-    counted with their group)."""
-    groups = search_groups(model)
-    searched = {id(getattr(g.module, g.module.slices[g.key].param)) for g in groups}
-    machinery = {id(p) for g in groups for p in g.choice.parameters()}
-    machinery |= {id(p) for g in activation_groups(model) for p in g.choice.parameters()}
-    return sum(p.numel() for p in _unique_parameters(model)
-               if id(p) not in searched and id(p) not in machinery)
-
-
-def _unique_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    return iter(dict((id(p), p) for p in model.parameters()).values())
-
-
-def derive_plan(model: nn.Module, space: SearchSpace, budget: Budget | None = None,
-                min_fill: float | None = None) -> PrecisionPlan:
-    """The plan of a supernet: argmax of theta per group, then (with a budget) the size-priced
-    knapsack repair (knapsack.repair_plan), so the plan meets the budget; with `min_fill` it also
-    uses at least that fraction of it. plan.extra["repair"] reports what the repair changed."""
-    groups, acts = search_groups(model), activation_groups(model)
-    activations = {a.name: ActivationPlan(a.choice.argmax_bits(), tuple(a.choice.probs().tolist())) for a in acts}
-    plan = PrecisionPlan(space.name, sorted({b for g in groups for b in g.choice.candidates}),
-                         {g.name: g.plan for g in groups}, fixed_numel(model), budget, activations=activations)
-    if budget is None:
-        return _keep_every_layer(plan, {g.name: g.choice for g in groups})
-    return repair_plan(plan, {g.name: g.choice.candidates for g in groups},
-                       {g.name: g.choice.probs().tolist() for g in groups}, min_fill,
-                       {a.name: a.choice.candidates for a in acts}, {a.name: a.choice.probs().tolist() for a in acts})
-
-
-def _keep_every_layer(plan: PrecisionPlan, choices: Mapping[str, MixedPrecisionChoice]) -> PrecisionPlan:
-    """An argmax plan that prunes every group of a layer gets back the group and bit-width the
-    search found most likely among the non-zero choices of that layer."""
-    bits = plan.bits
-    for names in layers(plan.groups).values():
-        if all(bits[n] == 0 for n in names):
-            _, name, b = max((p, n, b) for n in names
-                             for b, p in zip(choices[n].candidates, choices[n].probs().tolist()) if b != 0)
-            bits[name] = b
-    return plan.with_bits(bits)
-
-
-def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> None:
-    """Raise ValueError naming the groups if `plan` does not fit `model` under `space`."""
-    probe = prepare_search_(_structure_copy(model), space)
+def check_plan_matches(model: nn.Module, plan: PrecisionPlan, space: SearchSpace | None = None) -> None:
+    """Raise ValueError naming the groups if `plan` does not fit `model`: every group must be a
+    slice of a weight of a searchable layer with its size, each quantized layer input that of a
+    searched Linear/Conv2d, and every parameter the plan's coverage report lists as searched must
+    be tiled by its groups; with `space`, the plan's groups must also be exactly the space's.
+    Without `space` or a coverage report (a plan written by hand), a weight the plan has no group
+    for is not noticed: it stays in float."""
+    probe = _structure_copy(model)
+    if space is not None:
+        _prepare_with_space(probe, space)
+    else:
+        _prepare(probe, _PlanGrouping(plan), lambda net, replaced: {})
     expected = {g.name: g.plan for g in search_groups(probe)}
     missing = sorted(set(expected) - set(plan.groups))
     extra = sorted(set(plan.groups) - set(expected))
+    covered: dict[str, int] = {}  # elements of each parameter that the plan's groups slice
+    for g in plan.groups.values():
+        covered[g.param] = covered.get(g.param, 0) + g.numel
     shape = sorted(n for n in set(expected) & set(plan.groups)
                    if (expected[n].param, expected[n].rows, expected[n].axis, expected[n].numel)
-                   != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].axis, plan.groups[n].numel))
+                   != (plan.groups[n].param, plan.groups[n].rows, plan.groups[n].axis, plan.groups[n].numel)
+                   or covered[plan.groups[n].param] != probe.get_parameter(plan.groups[n].param).numel())
+    params = dict(probe.named_parameters(remove_duplicate=False))
+    tiled: dict[int, int] = {}  # elements of each tensor (tied names once) that the plan's groups slice
+    for g in plan.groups.values():
+        if g.param in params:
+            tiled[id(params[g.param])] = tiled.get(id(params[g.param]), 0) + g.numel
+    untiled = sorted(n for n in plan.extra.get("coverage", {}).get("searched", {})
+                     if n not in params or tiled.get(id(params[n])) != params[n].numel())
     modules = dict(probe.named_modules())
-    inputs = sorted(n for n in plan.activations if not isinstance(modules.get(n), ACTIVATION_LAYERS))
-    if missing or extra or shape or inputs:
+    owned = {_join(n, c) for n, m in modules.items() if isinstance(m, SearchableMixin) for c in m.owned_children}
+    inputs = sorted(n for n in plan.activations if n in owned or not isinstance(modules.get(n), ACTIVATION_LAYERS))
+    if missing or extra or shape or untiled or inputs:
         raise ValueError(
             "the plan does not match the model: "
             + "; ".join(f"{what}: {names}" for what, names in
                         (("groups missing from the plan", missing), ("plan groups not in the model", extra),
                          ("groups whose parameter, rows or size differ", shape),
+                         ("searched parameters the plan's groups do not cover", untiled),
                          ("activation layers that are not Linear/Conv2d layers of the model", inputs)) if names))
 
 
@@ -274,16 +289,17 @@ def _structure_copy(model: nn.Module) -> nn.Module:
 def uniform_plan(model: nn.Module, space: SearchSpace, bits: int, act_bits: int | None = None) -> PrecisionPlan:
     """The plan with every group of `model` (float or prepared) under `space` at `bits`, and
     every input the space searches at `act_bits` (None: activations stay in float)."""
-    probe = prepare_search_(_structure_copy(model), space)
+    probe = _structure_copy(model)
+    _prepare_with_space(probe, space)
     plan = derive_plan(probe, space).with_bits({g.name: bits for g in search_groups(probe)})
     acts = {} if act_bits is None else {n: ActivationPlan(act_bits) for n in plan.activations}
     return dataclasses.replace(plan, activations=acts)
 
 
-def apply_plan_(model: nn.Module, plan: PrecisionPlan, space: SearchSpace) -> nn.Module:
-    """Make `model` (float or supernet) a fixed-precision QAT model in place: each group gets the
-    single quantizer of its planned bits, each layer input the plan quantizes its activation
-    quantizer. Raises ValueError naming mismatched groups."""
+def apply_plan_(model: nn.Module, plan: PrecisionPlan, space: SearchSpace | None = None) -> nn.Module:
+    """Make `model` (float or supernet) a fixed-precision QAT model in place: each group of the
+    plan gets the single quantizer of its bits and settings, each layer input the plan quantizes
+    its activation quantizer. The plan is all it needs; a `space` given is checked against the
+    plan too. Raises ValueError naming mismatched groups."""
     check_plan_matches(model, plan, space)
-    return prepare_search_(model, space, candidates={n: [g.bits] for n, g in plan.groups.items()},
-                           activation_candidates={n: [a.bits] for n, a in plan.activations.items()})
+    return _prepare(model, _PlanGrouping(plan), lambda net, replaced: {n: [a.bits] for n, a in plan.activations.items()})

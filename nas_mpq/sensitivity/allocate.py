@@ -1,5 +1,6 @@
 """Plans from sensitivities and the baselines: the multiple-choice knapsack of ALGORITHMS.md
-section 4 with Omega_g(b) as the cost, uniform plans and seeded random plans under a budget.
+section 4 with Omega_g(b) as the cost, uniform plans (and the largest uniform bit-width a budget
+allows) and seeded random plans under a budget.
 
 Example:
     >>> plan = allocate(template, omega, Budget("avg_bits", 2.0))
@@ -39,6 +40,15 @@ def random_plan(template: PrecisionPlan, budget: Budget, seed: int = 0,
     cands = {n: list(template.candidates) for n in plan.groups}
     costs = {n: list(rng.random(len(cands[n]))) for n in plan.groups}
     return plan.with_bits(solve_knapsack(plan, cands, costs, min_fill)[0])
+
+
+def uniform_bits_for(plan: PrecisionPlan) -> int | None:
+    """The largest candidate below 32 bits at which every group together meets the plan's budget
+    (None: none does)."""
+    for bits in sorted((b for b in plan.candidates if 0 < b < 32), reverse=True):
+        if plan.with_bits({n: bits for n in plan.groups}).meets_budget():
+            return bits
+    return None
 
 
 def uniform_plan_for(template: PrecisionPlan, bits: int, budget: Budget | None = None) -> PrecisionPlan:

@@ -94,4 +94,10 @@ def test_transformer_buckets_and_tied_layers_must_agree():
         prepare_search_(tiny_lm(), SearchSpace("lstm_lm", [1, 2], rules=[GroupRule("rnn", granularity="freq_buckets",
                                                                                     blocks=2)]))
     budget_plan = derive_plan(net, transformer_lm_space(freq_buckets=2), Budget("avg_bits", 2.0))
-    assert budget_plan.meets_budget()
+    # one group per bucket, shared by the tied layers: the decoder has none of its own
+    assert {n for n in budget_plan.groups if n.startswith(("encoder", "decoder"))} == {"encoder.weight:f0",
+                                                                                   "encoder.weight:f1"}
+    assert {g.param for g in budget_plan.groups.values() if g.param.startswith(("encoder", "decoder"))} == {
+        "encoder.weight"}
+    numel = {n: g.numel for n, g in budget_plan.groups.items()}
+    assert sum(numel[n] * b for n, b in budget_plan.bits.items()) <= 2.0 * sum(numel.values())

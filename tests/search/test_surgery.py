@@ -94,7 +94,24 @@ def test_plan_mismatch_error_names_groups():
         apply_plan_(tiny_lm(dim=8, layers=1), plan, space)
 
 
-def test_derive_plan_with_budget_meets_it():
+def test_a_plan_without_the_groups_of_a_searched_weight_is_refused_without_a_space():
+    plan = uniform_plan(tiny_lm(dim=8), lstm_lm_space(), 4)
+    assert "decoder.weight" in plan.extra["coverage"]["searched"]
+    check_plan_matches(tiny_lm(dim=8), plan)
+    short = plan.with_bits(plan.bits)
+    del short.groups["decoder.weight"]
+    with pytest.raises(ValueError, match=r"searched parameters the plan's groups do not cover: \['decoder.weight'\]"):
+        apply_plan_(tiny_lm(dim=8), short)
+    gates = plan.with_bits(plan.bits)
+    del gates.groups["rnn.weight_hh_l0:o"]
+    with pytest.raises(ValueError, match=r"do not cover: \['rnn.weight_hh_l0'\]"):
+        check_plan_matches(tiny_lm(dim=8), gates)
+    # tied weights: the one group of the shared tensor covers both names
+    tied = uniform_plan(tiny_lm(dim=8, tie=True), lstm_lm_space(), 4)
+    check_plan_matches(tiny_lm(dim=8, tie=True), tied)
+
+
+def test_derive_plan_with_budget_keeps_what_fits_of_the_search():
     torch.manual_seed(0)
     space = lstm_lm_space()
     net = prepare_search_(tiny_lm(), space)  # uniform theta: argmax is 1 bit everywhere
@@ -102,7 +119,11 @@ def test_derive_plan_with_budget_meets_it():
         with torch.no_grad():
             g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))  # argmax 32 bits
     plan = derive_plan(net, space, Budget("avg_bits", 3.0))
-    assert plan.meets_budget()
+    numel = {n: g.numel for n, g in plan.groups.items()}
+    used, capacity = sum(numel[n] * b for n, b in plan.bits.items()), 3.0 * sum(numel.values())
+    assert used <= capacity
+    # least cost: no group the repair lowered could go back to the search's 32 bits and still fit
+    assert all(used + numel[n] * (32 - b) > capacity for n, b in plan.bits.items() if b != 32)
     assert set(plan.bits.values()) <= {1, 2, 4, 8, 32}
     report = plan.extra["repair"]
     assert report["argmax_avg_bits"] == 32.0

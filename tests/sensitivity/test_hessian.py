@@ -43,6 +43,7 @@ def exact_traces(net, groups, batch):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_hutchinson_matches_exact_traces(tie):
     net, groups, batch = setup(tie)

@@ -3,10 +3,13 @@ parser in one line naming what is valid; bad values are refused before any train
 import pytest
 import yaml
 
-from nas_mpq.cli import run_finalize, run_pretrain, run_search
-from nas_mpq.strict_parser import clearer_message
+from nas_mpq.stages.finalize import run as run_finalize
+from nas_mpq.stages.parser import clearer_message
+from nas_mpq.stages.pretrain import run as run_pretrain
+from nas_mpq.stages.search import run as run_search
 
-SPACE_KEYS = "['name', 'candidates', 'granularity', 'method', 'per_channel', 'blocks', 'prune', 'activation_candidates', 'freq_buckets']"
+SPACE_KEYS = ("['name', 'candidates', 'granularity', 'method', 'per_channel', 'blocks', 'prune', 'activation_candidates', "
+              "'freq_buckets', 'rules', 'full_coverage']")
 
 
 def refusal(runner, argv, capsys) -> str:

@@ -15,7 +15,8 @@ import torch
 
 from nas_mpq.cli import main
 from nas_mpq.export import load_quantized
-from nas_mpq.pipeline import restart_flags, route_overrides
+from nas_mpq.stages.overrides import route_overrides
+from nas_mpq.stages.run import restart_flags
 
 STAGES = ("pretrain", "search", "finalize", "uniform")
 
@@ -59,6 +60,7 @@ def _without_timings(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "timings_s"}
 
 
+@pytest.mark.slow
 def test_half_written_stages_are_resumed_not_reused(config, tmp_path):
     run = tmp_path / "run"
     assert main(["run", "--config", str(config), "--run_dir", str(run)]) == 0

@@ -19,16 +19,15 @@ Every key is checked against the stage parsers before any trial runs (`check_sta
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .pipeline import PIPELINE_STAGES, route_overrides
+from .overrides import render_args, route_overrides
+from .parser import PIPELINE_STAGES
+from .run import PIPELINE_CLIS
 
 # objective -> (direction, how to read it from a run's report.json)
 OBJECTIVES: dict[str, tuple[str, str]] = {
@@ -47,23 +46,6 @@ def objective_value(report: dict[str, Any], name: str) -> float:
     if value is None:
         raise ValueError(f"objective {name!r} is not in this run's report (a search-only run has no test_ppl)")
     return float(value)
-
-
-def render_value(v: Any) -> str:
-    """A sampled value as the CLI parses it (YAML flow style for lists, lower-case booleans)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return str(v)
-
-
-def render_args(values: dict[str, Any]) -> list[str]:
-    """{"search.model.lam": 2.0} -> ["--search.model.lam", "2.0"] (nas-mpq run's overrides)."""
-    out: list[str] = []
-    for key, v in values.items():
-        out += [f"--{key}", render_value(v)]
-    return out
 
 
 @dataclass
@@ -180,21 +162,10 @@ class SweepSpec:
         return self.trial_args({k: p.example() for k, p in self.parameters.items()})
 
 
-def _stage_parse_error(stage: str, config: str, args: list[str]) -> str | None:
-    """None if the stage's parser accepts `args` on `config`, else its error message."""
-    from .cli import RUNNERS
-    argv = ["--config", config, "--run_dir", "unused", *(["--plan", "unused"] if stage == "finalize" else []),
-            *args, "--print_config"]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            RUNNERS[stage](argv)
-    except SystemExit as e:
-        if e.code in (0, None):
-            return None
-        lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
-        return lines[-1] if lines else f"exit status {e.code}"
-    return None
+def _stage_refusal(stage: str, config: str, args: list[str]) -> str | None:
+    """None if the stage's parser accepts `args` on `config`, else its message."""
+    required = ["--plan", "plan.json"] if stage == "finalize" else []  # what the pipeline passes it
+    return PIPELINE_CLIS[stage].refusal(["--config", config, *required, *args])
 
 
 def check_stage_keys(config: str, args: list[str], stages: tuple[str, ...] = PIPELINE_STAGES) -> None:
@@ -202,13 +173,12 @@ def check_stage_keys(config: str, args: list[str], stages: tuple[str, ...] = PIP
     that a stage's parser rejects, before anything runs."""
     routed = route_overrides(args)
     for stage in stages:
-        if _stage_parse_error(stage, config, routed[stage]) is None:
-            continue
         flags = routed[stage]
-        pairs = [flags[i:i + 2] for i in range(0, len(flags), 2)]
-        for pair in pairs:  # find the key to blame
-            msg = _stage_parse_error(stage, config, pair)
+        refusal = _stage_refusal(stage, config, flags)
+        if refusal is None:
+            continue
+        for pair in (flags[i:i + 2] for i in range(0, len(flags), 2)):  # find the key to blame
+            msg = _stage_refusal(stage, config, pair)
             if msg is not None:
                 raise ValueError(f"the {stage} stage does not accept {pair[0]} = {pair[1]!r}: {msg}")
-        raise ValueError(f"the {stage} stage rejects the overrides {flags}: "
-                         f"{_stage_parse_error(stage, config, flags)}")
+        raise ValueError(f"the {stage} stage rejects the overrides {flags}: {refusal}")

@@ -15,11 +15,11 @@ import yaml
 
 from nas_mpq.cli import main
 from nas_mpq.lit.pruning import OptunaPruning
-from nas_mpq.pipeline import route_overrides
-from nas_mpq.sweep import Sweep
-from nas_mpq.sweep_spec import SweepSpec, check_stage_keys, render_args
+from nas_mpq.stages.overrides import render_args, route_overrides
+from nas_mpq.stages.sweep import Sweep
+from nas_mpq.stages.sweep_spec import SweepSpec, check_stage_keys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "sweeps").glob("*.yaml"))
 WANDB_SPECS = sorted((ROOT / "sweeps" / "wandb").glob("*.yaml"))
 
@@ -62,7 +62,7 @@ def test_every_wandb_sweep_renders_into_a_command_our_cli_accepts(path, monkeypa
     args = [f"--{k}={wandb_sample(p)}" for k, p in spec["parameters"].items()]  # how an agent passes them
     cmd = [a for c in spec["command"] if c != "${env}" for a in (args if c == "${args}" else [c])]
     assert cmd[:2] == ["nas-mpq", "run"]
-    from nas_mpq.pipeline import resolve_run_dir
+    from nas_mpq.stages.run import resolve_run_dir
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     rest = cmd[2:]
     config = rest[rest.index("--config") + 1]
@@ -191,7 +191,7 @@ def test_route_of_rendered_values():
     ("overrides", "search.model.space.candidatez", "model.space has no key 'candidatez'; valid keys: ['name',"),
 ])
 def test_unknown_space_or_budget_key_is_named_before_any_trial(tmp_path, config, where, key, message):
-    from nas_mpq.sweep import run
+    from nas_mpq.stages.sweep import run
     value = {"low": 1.0, "high": 2.0} if where == "parameters" else [2]
     spec = write_spec(tmp_path, config, **({where: {key: value}} if where == "parameters"
                                            else {where: {"trainer.max_epochs": 1, key: value}}))
@@ -201,7 +201,7 @@ def test_unknown_space_or_budget_key_is_named_before_any_trial(tmp_path, config,
 
 
 def test_a_sweep_whose_every_trial_failed_exits_with_an_error(tmp_path, config, capsys):
-    from nas_mpq.sweep import run
+    from nas_mpq.stages.sweep import run
     fp32 = tmp_path / "fp32.ckpt"
     fp32.write_bytes(b"")  # never read: every trial's budget is refused first
     spec = write_spec(tmp_path, config, objectives=["val_ppl"], init_ckpt=str(fp32),
@@ -213,7 +213,7 @@ def test_a_sweep_whose_every_trial_failed_exits_with_an_error(tmp_path, config, 
 
 def test_storage_error_never_shows_the_password(tmp_path, config):
     spec = write_spec(tmp_path, config)
-    from nas_mpq.sweep import run
+    from nas_mpq.stages.sweep import run
     with pytest.raises(SystemExit, match=r"cannot open the Optuna storage 'nosuchdb://me:\*\*\*@db.example/optuna'") as e:
         run(["--config", str(spec), "--run_dir", str(tmp_path / "s"), "--storage", "nosuchdb://me:hunter2@db.example/optuna"])
     assert "hunter2" not in str(e.value)

@@ -25,57 +25,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-import yaml
+from nas_mpq.plan import PrecisionPlan
+from nas_mpq.sensitivity import uniform_bits_for, uniform_plan_for
 
-from .files import write_atomic
-from .plan import PrecisionPlan
-from .plots import plot_stage_ppl
-from .tracking import WandbConfig
+from .base import StageCLI
+from .finalize import FinalizeCLI
+from .finalize import run as run_finalize
+from .overrides import route_overrides
+from .pretrain import PretrainCLI
+from .pretrain import run as run_pretrain
+from .report import build_report, log_report, write_report
+from .search import SearchCLI
+from .search import run as run_search
 
-PIPELINE_STAGES = ("pretrain", "search", "finalize")
+PIPELINE_CLIS: dict[str, type[StageCLI]] = {"pretrain": PretrainCLI, "search": SearchCLI, "finalize": FinalizeCLI}
 RUN_DIR_FIELDS = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
 """The environment variables `--run_dir` may name as {NAME}: the ids a sweep agent or a job
 scheduler gives a run (no other variable, so a secret in the environment never lands in a path)."""
-# the uniform reference is finalized with the finalize section's config and overrides
-ROUTES = (*PIPELINE_STAGES, "uniform")
 MARKER = "metrics.json"  # written last by every stage: the stage is complete
-
-
-def route_overrides(extra: list[str]) -> dict[str, list[str]]:
-    """Split `--key value` overrides into per-stage lists, keyed by ROUTES. A `--<stage>.` prefix
-    selects one stage (`--finalize.` the uniform reference too, which is finalized the same way),
-    except `--<stage>.resume CKPT`, which goes to that stage alone: a checkpoint is one stage's."""
-    routed: dict[str, list[str]] = {s: [] for s in ROUTES}
-    i = 0
-    while i < len(extra):
-        flag = extra[i]
-        if not flag.startswith("--"):
-            raise SystemExit(f"error: unexpected argument {flag!r}; overrides look like --trainer.max_epochs 2")
-        key, has_value, value = flag[2:].partition("=")
-        values = [value] if has_value else []
-        i += 1
-        if not has_value and i < len(extra) and not extra[i].startswith("--"):
-            values, i = [extra[i]], i + 1
-        head, _, rest = key.partition(".")
-        if head in ROUTES and rest:
-            targets, key = [head, *(["uniform"] if head == "finalize" and rest != "resume" else [])], rest
-        elif key == "resume":
-            raise SystemExit("error: --resume needs a stage: a run resumes every interrupted stage by "
-                             "itself; to resume one stage from a checkpoint of your choice write "
-                             f"--<stage>.resume CKPT (stages: {list(ROUTES)})")
-        else:
-            targets = list(ROUTES)
-        for t in targets:
-            routed[t] += [f"--{key}", *values]
-    return routed
-
-
-def uniform_bits_for(plan: PrecisionPlan) -> int | None:
-    """The largest candidate below 32 bits at which every group together meets the plan's budget."""
-    for bits in sorted((b for b in plan.candidates if 0 < b < 32), reverse=True):
-        if plan.with_bits({n: bits for n in plan.groups}).meets_budget():
-            return bits
-    return None
 
 
 def resolve_run_dir(template: str) -> Path:
@@ -127,8 +94,6 @@ def run_pipeline(config: str, run_dir: str | Path, overrides: list[str] = (), ov
     """pretrain (unless `init_ckpt` gives the FP32 model) -> search -> finalize (unless `finalize`
     is False) -> the uniform reference (unless `uniform` is False) -> report.json/report.md.
     `callbacks` join every stage's trainer (a sweep's pruning callback). Returns the report."""
-    from .cli import run_finalize, run_pretrain, run_search
-
     root = Path(run_dir)
     if (root / "report.json").exists() and not overwrite:
         raise SystemExit(f"error: {root} holds a finished run (report.json); refusing to overwrite it "
@@ -166,7 +131,7 @@ def run_pipeline(config: str, run_dir: str | Path, overrides: list[str] = (), ov
     if bits is not None:
         uniform_plan = root / "uniform" / "plan.json"
         if restart_flags(root / "uniform", routed["uniform"], overwrite) is not None:
-            plan.with_bits({n: bits for n in plan.groups}).save(uniform_plan, overwrite=True)
+            uniform_plan_for(plan, bits).save(uniform_plan, overwrite=True)
         uniform_metrics = stage("uniform", run_finalize, *init, "--plan", str(uniform_plan))
         uniform_metrics["bits"] = bits
     report = build_report(fp32, search, mixed, uniform_metrics, plan, timings)
@@ -178,7 +143,8 @@ def run(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="nas-mpq run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="pipeline config with pretrain/search/finalize sections")
-    ap.add_argument("--run_dir", required=True, help="where the run writes; {NAME} expands $NAME for NAME in " + ", ".join(RUN_DIR_FIELDS))
+    ap.add_argument("--run_dir", required=True,
+                    help="where the run writes; {NAME} expands $NAME for NAME in " + ", ".join(RUN_DIR_FIELDS))
     ap.add_argument("--overwrite", default="false", choices=["true", "false"])
     ap.add_argument("--init_ckpt", default=None, help="an FP32 checkpoint to start from instead of pretraining")
     ap.add_argument("--finalize", default="true", choices=["true", "false"], help="finalize the searched plan")
@@ -188,88 +154,7 @@ def run(argv: list[str]) -> int:
     run_dir = resolve_run_dir(args.run_dir)
     report = run_pipeline(args.config, run_dir, extra, args.overwrite == "true",
                           args.init_ckpt, args.finalize == "true", args.uniform == "true")
-    log_report(report, args.config, run_dir, extra)
+    search_config = SearchCLI(["--config", args.config, *route_overrides(extra)["search"]], check_only=True)
+    log_report(report, search_config.wandb_config(), run_dir)
     print(json.dumps(report, indent=1))
     return 0
-
-
-def _quantized(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m[k] for k in ("test_ppl", "val_ppl", "test_acc", "size_bits", "compression", "avg_bits", "method",
-                              "epochs_to_best_val", "model") if k in m}
-
-
-def build_report(fp32: dict | None, search: dict, mixed: dict, uniform: dict | None, plan: PrecisionPlan,
-                 timings: dict[str, float]) -> dict[str, Any]:
-    """`mixed` is the finalize stage's metrics, or the search's when the run does not finalize
-    (then it has a validation perplexity of the supernet's plan and no test perplexity)."""
-    r = plan.size()
-    return {
-        "fp32": {"test_ppl": fp32["test_ppl"] if fp32 else None, "val_ppl": fp32["val_ppl"] if fp32 else None,
-                 **({"test_acc": fp32["test_acc"]} if fp32 and "test_acc" in fp32 else {}),
-                 "size_bits": r.fp32_size_bits},
-        "search": {"val_ppl_history": search["val_ppl_history"], "bits_used": search["bits_used"],
-                   **({"activation_bits": search["activation_bits"]} if search.get("activation_bits") else {})},
-        "mixed": {"test_ppl": None, **_quantized(mixed), "size_mb": r.size_bits / 8e6},
-        "uniform": None if uniform is None else {"bits": uniform["bits"], **_quantized(uniform)},
-        "budget": None if plan.budget is None else {"kind": plan.budget.kind, "value": plan.budget.value},
-        "timings_s": timings,
-    }
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-def write_report(root: Path, report: dict[str, Any]) -> None:
-    """ppl.png, report.md (a table and the plots) and, last, report.json: the mark of a finished run."""
-    fp32 = report["fp32"]
-    rows = [("FP32", fp32["test_ppl"], fp32.get("test_acc"), fp32["size_bits"], 1.0, 32.0)]
-    for key, label in (("mixed", "mixed precision (searched)"), ("uniform", "uniform")):
-        m = report[key]
-        if m:
-            name = f"{label} {m['bits']} bit" if key == "uniform" else label
-            rows.append((name, m["test_ppl"], m.get("test_acc"), m["size_bits"], m["compression"], m["avg_bits"]))
-    tested = {name: ppl for name, ppl, *_ in rows if ppl is not None}
-    accuracy = any(acc is not None for _, _, acc, *_ in rows)  # a classifier: its accuracy too
-    if tested:
-        plot_stage_ppl(tested, root / "ppl.png")
-    budget = report["budget"]
-    lines = ["# nas-mpq run report", "",
-             f"Budget: {budget['kind']} = {budget['value']}" if budget else "No budget", "",
-             "| model | test ppl |" + (" test acc |" if accuracy else "") + " size (MB) | compression | avg bits |",
-             "|---|---:|" + ("---:|" if accuracy else "") + "---:|---:|---:|"]
-    lines += [f"| {n} | {_fmt(p)} |" + (f" {_fmt(None if acc is None else 100 * acc)} % |" if accuracy else "")
-              + f" {s / 8e6:.3f} | {c:.2f}x | {a:.3f} |" for n, p, acc, s, c, a in rows]
-    hist = ", ".join(f"{v:.1f}" for v in report["search"]["val_ppl_history"])
-    acts = report["search"].get("activation_bits")
-    if acts:
-        lines += ["", "Layer input bits: " + ", ".join(f"{n} {b}" for n, b in acts.items())]
-    lines += ["", f"Supernet val perplexity per epoch: {hist}", "",
-              "Timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), "",
-              "![bits per group](search/plan.png)", ""]
-    lines += ["![perplexity per stage](ppl.png)", ""] if tested else []
-    write_atomic(root / "report.md", "\n".join(lines))
-    write_atomic(root / "report.json", json.dumps(report, indent=1) + "\n")
-
-
-def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's numbers as {"mixed/val_ppl": ...}: what a wandb sweep's metric names."""
-    return {f"{section}/{k}": v for section in ("fp32", "mixed", "uniform") for k, v in (report[section] or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def log_report(report: dict[str, Any], config: str, root: Path, overrides: list[str] = ()) -> None:
-    """Log the report's numbers to a wandb run of its own when the config (or a --wandb.project
-    override) sets a project or a wandb agent started this run (WANDB_SWEEP_ID): the run a wandb
-    sweep reads its metric from."""
-    shared = dict(yaml.safe_load(Path(config).read_text()).get("wandb") or {})
-    flags = route_overrides(list(overrides))["search"]
-    shared.update({k[len("--wandb."):]: v for k, v in zip(flags, flags[1:]) if k.startswith("--wandb.")})
-    if not shared.get("project") and "WANDB_SWEEP_ID" not in os.environ:
-        return
-    import wandb
-    cfg = WandbConfig(**shared)
-    run = wandb.init(project=cfg.project, name=cfg.name or root.name, group=cfg.group, job_type="report",
-                     dir=str(root), mode=cfg.resolved_mode())
-    run.summary.update(flat_metrics(report))
-    run.finish()

@@ -1,37 +1,16 @@
 """finalize, evaluate and `nas-mpq run` end to end on the small corpus (tiny limits)."""
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
+from conftest import check_on_tables
 from nas_mpq.cli import main
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.quant.packing import unpack_codes
 
 
-def check_on_tables(path):
-    """Every quantized weight of the exported file is scale x an integer code within its bits."""
-    from nas_mpq.export import group_shape, load_quantized, read_header
-    plan = read_header(path)["plan"]
-    net = load_quantized(path)
-    with safe_open(str(path), framework="pt") as f:
-        for name, g in plan.groups.items():
-            if g.bits in (0, 16, 32):
-                continue
-            shape = group_shape(net, g)
-            codes = unpack_codes(f.get_tensor(f"{name}.codes"), g.bits, math.prod(shape)).reshape(shape)
-            scale = f.get_tensor(f"{name}.scale")
-            limit = 1 if g.bits <= 2 else 2 ** (g.bits - 1) - 1
-            assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all())
-            w = g.view(net.get_parameter(g.param))
-            per_row = scale.reshape((-1,) + (1,) * (len(shape) - 1))
-            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else per_row)), name
-    return plan
-
-
+@pytest.mark.slow
 def test_run_pipeline_report_export_and_evaluate(config, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["run", "--config", str(config), "--run_dir", str(run)]) == 0
@@ -53,6 +32,10 @@ def test_run_pipeline_report_export_and_evaluate(config, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["test_ppl"] == pytest.approx(metrics["test_ppl"], abs=1e-4)
     assert result["size_bits"] == plan.size().size_bits
+    # --data.* overrides the data the model file names (a smaller evaluation batch: other streams)
+    assert main(["evaluate", "--model", str(model), "--data.eval_batch_size", "2"]) == 0
+    smaller = json.loads(capsys.readouterr().out)
+    assert smaller["size_bits"] == result["size_bits"] and smaller["test_ppl"] != result["test_ppl"]
     with pytest.raises(SystemExit, match="finished run.*refusing to overwrite"):
         main(["run", "--config", str(config), "--run_dir", str(run)])
 
@@ -95,7 +78,7 @@ def test_finalize_bad_input(config, tmp_path):
         main(["finalize", "--config", str(config), "--run_dir", str(tmp_path / "r"), "--plan", str(tmp_path / "p.json")])
 
 
-@pytest.mark.parametrize("method", ["hessian", "kl", "uniform", "random"])
+@pytest.mark.parametrize("method", [pytest.param("hessian", marks=pytest.mark.slow), "kl", "uniform", "random"])
 def test_sensitivity_stage(config, tmp_path, method):
     fp32 = tmp_path / "fp32"
     assert main(["pretrain", "--config", str(config), "--run_dir", str(fp32), "--trainer.max_epochs", "1"]) == 0
@@ -148,7 +131,7 @@ def test_run_from_a_trained_model_search_only_in_an_env_named_dir(config, tmp_pa
 
 
 def test_run_dir_expands_only_plain_known_fields(monkeypatch):
-    from nas_mpq.pipeline import resolve_run_dir
+    from nas_mpq.stages.run import resolve_run_dir
     monkeypatch.setenv("WANDB_RUN_ID", "abc1")
     monkeypatch.setenv("SLURM_JOB_ID", "../up")
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)

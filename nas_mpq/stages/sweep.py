@@ -39,11 +39,16 @@ import torch
 from filelock import FileLock
 from optuna.trial import TrialState
 
-from .files import atomic_output, write_atomic
-from .lit.pruning import OptunaPruning
-from .pipeline import PIPELINE_STAGES, route_overrides, run_pipeline
-from .redact import mask_credentials
-from .sweep_spec import SweepSpec, check_stage_keys, objective_value, render_args
+from nas_mpq.files import atomic_output, write_atomic
+from nas_mpq.lit.pruning import OptunaPruning
+from nas_mpq.plots import plot_pareto
+from nas_mpq.redact import mask_credentials
+
+from .overrides import render_args, route_overrides
+from .parser import PIPELINE_STAGES
+from .pretrain import run as run_pretrain
+from .run import run_pipeline
+from .sweep_spec import SweepSpec, check_stage_keys, objective_value
 
 COUNTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # WAITING: enqueued, not begun
 
@@ -129,7 +134,6 @@ class Sweep:
         gets there first; the others wait for it)."""
         if self.spec.init_ckpt:
             return self.spec.init_ckpt
-        from .cli import run_pretrain
         folder = self.run_dir / "pretrain"
         with FileLock(str(self.run_dir / "pretrain.lock")):
             if not (folder / "model.ckpt").exists():
@@ -181,7 +185,6 @@ class Sweep:
 
     # ---- results --------------------------------------------------------------------------------
     def write_results(self) -> dict[str, Any]:
-        from .plots import plot_pareto
         trials = self.study.get_trials(deepcopy=False)
         rows = [self._row(t) for t in trials]
         _write_csv(self.run_dir / "trials.csv", rows)
