@@ -21,6 +21,17 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
 
 
+def test_every_module_has_a_layer():
+    """A module outside the layers could import upwards unnoticed: each of nas_mpq's modules and
+    subpackages, and search_spaces, is named in the layers contract."""
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    placed = {name.strip() for layer in config["layers"] for name in layer.split("|")}
+    modules = {f"nas_mpq.{p.stem}" for p in (ROOT / "nas_mpq").iterdir()
+               if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
+    assert modules | {"search_spaces"} <= placed, sorted(modules | {"search_spaces"} - placed)
+
+
 def test_the_import_contracts_hold():
     out = lint_imports(ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -32,6 +43,8 @@ def test_the_import_contracts_hold():
     ("nas_mpq/lit/supernet.py", "import nas_mpq.cli", "nas_mpq.lit.supernet -> nas_mpq.cli"),
     ("nas_mpq/stages/base.py", "from nas_mpq.stages import sweep", "nas_mpq.stages.base -> nas_mpq.stages.sweep"),
     ("nas_mpq/search/knapsack.py", "import pytorch_lightning", "nas_mpq.search.knapsack -> pytorch_lightning"),
+    ("nas_mpq/files.py", "import nas_mpq.plots", "nas_mpq.files -> nas_mpq.plots"),
+    ("search_spaces/lstm_lm.py", "import nas_mpq.lit", "search_spaces.lstm_lm -> nas_mpq.lit"),
 ])
 def test_an_upward_import_inside_a_function_breaks_a_contract(tmp_path, module, upward, broken):
     for package in ("nas_mpq", "search_spaces"):
