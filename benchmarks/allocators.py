@@ -47,6 +47,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from nas_mpq.files import write_atomic
+from nas_mpq.stages.run import restart_flags
+
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
 run in several processes side by side (`--arms`), sharing one --ledger."""
@@ -110,12 +113,10 @@ class Ledger:
                 self.runs.update(json.loads(self.path.read_text()))
             self.runs[self.key(run_dir)] = {"args": args, "config_sha256": done["config_sha256"],
                                             "seconds": done["seconds"], "files": files}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(sorted(self.runs.items())), indent=1) + "\n")
-            tmp.replace(self.path)
+            write_atomic(self.path, json.dumps(dict(sorted(self.runs.items())), indent=1) + "\n")
 
 
-def stage(args: list[str], run_dir: Path, result: str, bench: "Bench", before_run=None, restore: bool = True) -> dict:
+def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, restore: bool = True) -> dict:
     """`nas-mpq args --run_dir run_dir` unless that run finished (its metrics.json, written last)
     here or in the ledger; its metrics. run_dir/bench_run.json records the arguments, the config's
     digest and the seconds: a finished run made with other arguments or another config is an
@@ -142,9 +143,7 @@ def stage(args: list[str], run_dir: Path, result: str, bench: "Bench", before_ru
     if before_run is not None:
         before_run()
     start = time.perf_counter()
-    again = ["--resume", "last"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else []
-    if (run_dir / result).exists():  # stopped between its result and its metrics: redo it
-        again = ["--overwrite", "true"]
+    again = restart_flags(run_dir, args)  # an unfinished run continues from its last checkpoint
     subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir), *again], check=True)
     done = {"args": args, "config_sha256": digest, "seconds": round(time.perf_counter() - start, 1)}
     bench.timings[str(run_dir)] = done["seconds"]
@@ -178,7 +177,7 @@ class Bench:
         return str(self.configs / f"{name}.yaml")
 
     def fp32(self, restore: bool = True) -> dict:
-        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", "model.ckpt", self,
+        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", self,
                      restore=restore)
 
     def need_fp32_ckpt(self) -> None:
@@ -197,35 +196,35 @@ class Bench:
                              f"the ledger's {kept['val_ppl']:.3f}: the arms would not share one FP32 model; "
                              f"move the ledger {self.ledger.path} away to start the benchmark again")
 
-    def after_fp32(self, args: list[str], folder: Path, result: str) -> dict:
-        return stage(args, folder, result, self, before_run=self.need_fp32_ckpt)
+    def after_fp32(self, args: list[str], folder: Path) -> dict:
+        return stage(args, folder, self, before_run=self.need_fp32_ckpt)
 
     def fp32_continued(self) -> dict:
         return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt", self.fp32_ckpt],
-                               self.root / "fp32-continued", "model.ckpt")
+                               self.root / "fp32-continued")
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
         self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
                          "--num_batches", "2", "--model.budget.value", str(budget), "--seed_everything", str(seed)],
-                        folder, "plan.json")
+                        folder)
         return folder / "plan.json"
 
     def search(self, folder: Path, budget: float, seed: int, init: Path | None = None) -> Path:
         more = ["--model.init_sensitivity", str(init)] if init is not None else []
         self.after_fp32(["search", "--config", self.cfg("search"), "--init_ckpt", self.fp32_ckpt,
                          "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
-                         *more], folder, "plan.json")
+                         *more], folder)
         return folder / "plan.json"
 
     def uniform_plan(self, folder: Path, budget: float, bits: int) -> Path:
         self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", "uniform",
-                         "--bits", str(bits), "--model.budget.value", str(budget)], folder, "plan.json")
+                         "--bits", str(bits), "--model.budget.value", str(budget)], folder)
         return folder / "plan.json"
 
     def finalize(self, folder: Path, plan: Path, seed: int) -> dict:
         return self.after_fp32(["finalize", "--config", self.cfg("finalize"), "--init_ckpt", self.fp32_ckpt,
                                 "--plan", str(plan), "--seed_everything", str(seed), "--model.seed", str(seed)],
-                               folder, "model.safetensors")
+                               folder)
 
 
 def run_arm(bench: Bench, arm: str, budget: float, seeds: list[int], candidates: list[int]) -> list[dict]:

@@ -33,7 +33,7 @@ def bench_env(tmp_path, monkeypatch):
         args = cmd[3:]
         run_dir = Path(args[args.index("--run_dir") + 1])
         run_dir.mkdir(parents=True, exist_ok=True)
-        calls.append((args[0], run_dir.name))
+        calls.append((args[0], run_dir.name, args[args.index("--run_dir") + 2:]))
         if args[0] == "pretrain":
             (run_dir / "model.ckpt").write_text("weights")
         if args[0] in ("search", "sensitivity"):
@@ -77,7 +77,7 @@ def test_a_run_made_with_another_config_is_refused(bench_env):
         alloc.Bench(configs, tmp / "elsewhere", ledger).fp32()  # the ledger's
     with pytest.raises(SystemExit, match="other arguments"):
         alloc.stage(["pretrain", "--config", str(configs / "pretrain.yaml"), "--max_epochs", "3"],
-                    tmp / "runs" / "fp32", "model.ckpt", alloc.Bench(configs, tmp / "runs"))
+                    tmp / "runs" / "fp32", alloc.Bench(configs, tmp / "runs"))
 
 
 def test_fp32_is_retrained_only_when_a_stage_must_run_and_must_match(bench_env):
@@ -100,3 +100,14 @@ def test_fp32_is_retrained_only_when_a_stage_must_run_and_must_match(bench_env):
     plan = other.uniform_plan(tmp / "c" / "avg2" / "uniform2", 2.0, 2)
     with pytest.raises(SystemExit, match="validation perplexity 101.000, the ledger's 100.000"):
         other.finalize(tmp / "c" / "avg2" / "fin-uniform-s1", plan, 1)  # not in the ledger: must run
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs")
+    bench.fp32()
+    folder = tmp / "runs" / "avg2" / "nas-s0"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_text("state")  # killed mid-search: no metrics.json
+    bench.search(folder, 2.0, 0)
+    assert calls[-1][0] == "search" and calls[-1][2] == ["--overwrite", "true", "--resume", "last"]
