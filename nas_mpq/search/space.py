@@ -23,7 +23,8 @@ GRANULARITIES = ("tensor", "gate", "head", "block", "freq_buckets")
 """tensor: one group per weight; gate: an LSTM weight per gate (i, f, g, o); head: `blocks` equal
 blocks along `axis` labelled h0.. (attention heads); block: `blocks` equal blocks of output
 channels (rows) labelled b0..; freq_buckets: `blocks` row ranges of an embedding or softmax layer
-over a frequency-sorted vocabulary, each holding an equal share of the tokens (labelled f0..)."""
+over a frequency-sorted vocabulary, each holding an equal share of tokens and rows averaged
+(search.layers.zipf_bucket_rows; labelled f0..)."""
 LSTM_GATES = ("i", "f", "g", "o")
 
 
