@@ -251,3 +251,22 @@ def _tensor_offsets(path):
     header = json.loads(raw[8:8 + n])
     return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
             for k, v in header.items() if k != "__metadata__"}
+
+
+def test_evaluate_trusts_a_package_named_by_allow(tmp_path, monkeypatch, capsys):
+    net, plan, codes, args = quantized()
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args,
+                          metadata={"data": {"class_path": "nas_mpq.data.LMDataModule", "init_args": {"bptt": 12}}})
+    (tmp_path / "my_models.py").write_text("from search_spaces.lstm_lm import LSTMLM\nclass Net(LSTMLM): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    own = rewrite(path, tmp_path / "own.safetensors", model_class="my_models.Net")
+    with pytest.raises(ValueError, match=r"'my_models.Net' is not allowed"):
+        run_evaluate(["--model", str(own)])
+    assert "my_models" not in sys.modules
+    evaluated = []
+    monkeypatch.setattr("nas_mpq.stages.evaluate.split_metrics",
+                        lambda net, data, split: evaluated.append(type(net).__name__) or {"test_ppl": 1.0})
+    assert run_evaluate(["--model", str(own), "--allow", "my_models"]) == 0
+    assert evaluated == ["Net"] and json.loads(capsys.readouterr().out)["test_ppl"] == 1.0
+    with pytest.raises(ValueError, match=r"--allow takes a top-level package name .* got 'my_models.sub'"):
+        run_evaluate(["--model", str(own), "--allow", "my_models.sub"])
