@@ -11,6 +11,8 @@ key they do not have, on the command line and in a config file, and a float that
 
     --model.budget.valeu 2     ->  model.budget has no key 'valeu'; valid keys: ['kind', 'value']
     --model.budget.value nan   ->  model.budget.value must be a finite number, got nan
+    rules: [{pattern: rnn, granularty: gate}]
+                               ->  a rule of model.space.rules has no key 'granularty'; valid keys: ['pattern', ...]
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pytorch_lightning.cli import LightningArgumentParser
 from nas_mpq.errors import describe_yaml_error
 from nas_mpq.lit import SpaceConfig
 from nas_mpq.plan import Budget
+from nas_mpq.search.space import GroupRule
 
 PIPELINE_STAGES = ("pretrain", "search", "finalize")
 PIPELINE_SHARED = ("data", "seed_everything", "wandb")
@@ -36,6 +39,7 @@ CONFIG_SECTIONS = {"space": SpaceConfig, "budget": Budget}
 _UNKNOWN_KEY = (re.compile(r"unrecognized arguments: (?:.* )?--model\.(space|budget)\.(\w+)"),
                 re.compile(r"does not accept option '(space|budget)\.(\w+)'"),
                 re.compile(r"\"model\.(space|budget)\".*?Option '(\w+)' is not accepted", re.S))
+_UNKNOWN_RULE_KEY = re.compile(r"\"model\.space\.rules\".*?GroupRule.*?Option '(\w+)' is not accepted", re.S)
 _NOT_FINITE = re.compile(r"Parser key \"([\w.]+)\":\s*Expected a <class 'float'>\. Got value: (-?(?:nan|inf))\b",
                          re.I)
 
@@ -72,14 +76,17 @@ def pipeline_section(config: Any, section: str, path: str | Path) -> dict | None
 
 def clearer_message(message: str, sections: Iterable[str] = tuple(CONFIG_SECTIONS)) -> str:
     """jsonargparse's `message`, or one line naming what is valid if it refuses an unknown key
-    under one of `sections` (the model.space / model.budget the stage takes), or a NaN or infinite
-    float."""
+    under one of `sections` (the model.space / model.budget the stage takes) or in a rule of
+    model.space.rules, or a NaN or infinite float."""
     for pattern in _UNKNOWN_KEY:
         found = pattern.search(message)
         if found and found[1] in sections:
             section, key = found.groups()
             valid = [f.name for f in fields(CONFIG_SECTIONS[section])]
             return f"model.{section} has no key {key!r}; valid keys: {valid}"
+    found = _UNKNOWN_RULE_KEY.search(message)
+    if found and "space" in sections:
+        return f"a rule of model.space.rules has no key {found[1]!r}; valid keys: {[f.name for f in fields(GroupRule)]}"
     found = _NOT_FINITE.search(message)
     if found:
         return f"{found[1]} must be a finite number, got {found[2]}"

@@ -1,4 +1,4 @@
-"""Unknown keys under model.space / model.budget and non-finite numbers are refused by the stages'
+"""Unknown keys under model.space / model.budget (and in space rules) and non-finite numbers are refused by the stages'
 parser in one line naming what is valid; bad values are refused before any training."""
 import pytest
 import yaml
@@ -40,6 +40,16 @@ def test_unknown_budget_key_on_the_command_line_and_in_a_config_file(config, tmp
     cfg["search"]["model"]["budget"]["valeu"] = 2
     config.write_text(yaml.safe_dump(cfg))
     assert refusal(run_search, argv, capsys).endswith(expected)
+
+
+def test_unknown_key_in_a_rule_names_the_rule_keys(config, tmp_path, capsys):
+    cfg = yaml.safe_load(config.read_text())
+    cfg["search"]["model"]["space"] = {"rules": [{"pattern": "rnn", "granularty": "gate"}]}
+    config.write_text(yaml.safe_dump(cfg))
+    argv = ["--config", str(config), "--run_dir", str(tmp_path / "r"), "--print_config"]
+    assert refusal(run_search, argv, capsys).endswith(
+        "a rule of model.space.rules has no key 'granularty'; valid keys: "
+        "['pattern', 'granularity', 'candidates', 'exclude', 'blocks', 'axis']")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
