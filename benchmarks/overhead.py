@@ -8,18 +8,27 @@ Adam step):
   fp32          the float model;
   supernet      the same model with a soft Gumbel-softmax choice per group: one composite weight
                 per layer, one forward;
-  bilevel       one whole search iteration: an arch step on a search batch plus a weight step, as
-                SupernetModule runs it (two batches, so about twice a step by construction);
+  bilevel       one whole search iteration as SupernetModule runs it: an arch step on a search
+                batch (task loss plus the budget term, clipped) plus a weight step (clipped) and
+                the multiplier's update (two batches, so about twice a step by construction);
+  bilevel_every2, bilevel_every4
+                the same with arch_every 2 and 4: the arch step on every 2nd / 4th batch only;
   kpath         the reference without the composite weight: K = 5 forward passes, one per
                 candidate, their logits mixed by the sample (K quantized weight sets and K sets of
                 activations kept for backward).
 Step time is the median over --steps steps, the configurations interleaved step by step so
-machine noise hits them alike. Peak memory is the peak resident set size during a step (sampled
-every 0.2 ms from /proc/self/statm) above the resident size before the model was built, with
-free heap memory handed back to the OS (malloc_trim) before each configuration.
-Prints JSON; goals: supernet/fp32 step ratio <= 1.15, memory ratio <= 1.3.
+machine noise hits them alike. The iteration ratios (`iteration_ratio`) take the mean time per
+training batch over windows of 4 consecutive batches (each window holds the same share of arch
+steps: 4, 2 or 1), median over the windows, against FP32's over the same windows. Peak memory is
+the peak resident set size during a step (sampled every 0.2 ms from /proc/self/statm) above the
+resident size before the model was built, with free heap memory handed back to the OS
+(malloc_trim) before each configuration. Then, unless --search_epochs is 0, the whole search's
+wall time against FP32 training on the quick LSTM config (search_wall.py).
+Prints JSON; goals: supernet/fp32 step ratio <= 1.10 (LSTM, Transformer) and <= 1.20 (digits CNN),
+whole search iteration / FP32 step <= 1.4 at the default arch_every, memory ratio <= 1.2.
 
     python benchmarks/overhead.py [--space lstm_lm|transformer_lm|cnn] [--steps 15]
+                                  [--search_epochs 1] [--search_batches N]
 """
 from __future__ import annotations
 
@@ -29,11 +38,13 @@ import ctypes.util
 import gc
 import itertools
 import json
+import logging
 import os
 import statistics
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -44,12 +55,17 @@ from torch.nn import functional as F
 
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
-from nas_mpq.search import GumbelSampler, SearchSpace, get_sampler, prepare_search_, search_groups
+from nas_mpq.plan import Budget
+from nas_mpq.search import BudgetRegularizer, GumbelSampler, SearchSpace, get_sampler, prepare_search_, search_groups
+from search_wall import search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
 
 CANDIDATES = [1, 2, 4, 8, 32]
+ARCH_EVERY = (1, 2, 4)
+WINDOW = 4
+"""Batches per window of the iteration ratios: a multiple of every ARCH_EVERY."""
 Step = Callable[[tuple], None]
 
 
@@ -115,16 +131,27 @@ def supernet_step(s: Setup) -> Step:
     return train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
 
 
-def bilevel_step(s: Setup, search_batch: tuple) -> Step:
+def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
+    """One iteration of SupernetModule's search: on every arch_every-th batch the arch step on
+    the search batch, then the weight step on the batch, then the multiplier's update."""
     net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
+    budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
+    mu = torch.zeros(())
+    batches = itertools.count()
+
+    def update(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, clip: float) -> None:
+        w_opt.zero_grad()
+        a_opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
 
     def step(batch: tuple) -> None:
-        for b, opt in ((search_batch, a_opt), (batch, w_opt)):
-            w_opt.zero_grad()
-            a_opt.zero_grad()
-            loss_of(net, b).backward()
-            opt.step()
+        if next(batches) % arch_every == 0:
+            update(loss_of(net, search_batch) + budget.penalty(mu, 5.0), a_opt, theta, 5.0)
+        update(loss_of(net, batch), w_opt, weights, 1.0)
+        mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
     return step
 
 
@@ -212,12 +239,25 @@ def peak_memory(build: Callable[[], Step], batches: list[tuple]) -> int:
     return peak - base
 
 
+def window_means(times: list[float]) -> list[float]:
+    """Mean time per batch over consecutive windows of WINDOW batches (all of them as one window
+    when there are fewer)."""
+    n = max(len(times) // WINDOW, 1)
+    size = len(times) // n
+    return [statistics.fmean(times[i * size:(i + 1) * size]) for i in range(n)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="lstm_lm", choices=["lstm_lm", "transformer_lm", "cnn"])
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--search_epochs", type=int, default=1,
+                    help="epochs of the whole-search wall-time comparison; 0 skips it")
+    ap.add_argument("--search_batches", type=int, default=None,
+                    help="training batches per epoch in that comparison (default: all)")
     args = ap.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     s = setup(args.space)
     # the digits' training split has fewer batches than steps: go round it again
     batches = list(itertools.islice(itertools.cycle(s.data.train_dataloader()), args.warmup + args.steps))
@@ -227,6 +267,8 @@ def main() -> None:
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
     }
     memory = {name: peak_memory(build, batches) for name, build in builders.items()}
+    for k in ARCH_EVERY[1:]:
+        builders[f"bilevel_every{k}"] = partial(bilevel_step, s, search_batch, k)
 
     steps = {name: build() for name, build in builders.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -237,16 +279,24 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
+    windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
+    iterations = {f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY}
     groups = len(search_groups(prepare_search_(make_net(s), s.space)))
-    print(json.dumps({
+    result = {
         "model": f"{s.describe}, candidates {CANDIDATES}, {groups} groups",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
         "step_ratio": {k: round(median[k] / median["fp32"], 3) for k in ("supernet", "bilevel", "kpath")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3) for k in ("supernet", "bilevel", "kpath")},
-        "goals": {"step_ratio.supernet": 1.15, "memory_ratio.supernet": 1.3},
-    }, indent=1))
+        "iteration_windows": len(window_means(times["fp32"])),
+        "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},
+        "goals": {"step_ratio.supernet": 1.20 if args.space == "cnn" else 1.10,
+                  "iteration_ratio.default": 1.4, "memory_ratio.supernet": 1.2},
+    }
+    if args.search_epochs > 0:
+        result["search_wall"] = search_wall_time(args.search_epochs, args.search_batches, arch_every=ARCH_EVERY)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
-"""Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare), tiny LSTM LMs, and
-a check that every weight of an exported model lies on its quantization table."""
+"""Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare), tiny LSTM LMs, a
+check that every weight of an exported model lies on its quantization table, and a guard on host
+reads of tensors."""
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 import yaml
 from safetensors import safe_open
 
+import nas_mpq
+import search_spaces
 from nas_mpq.quant.packing import unpack_codes
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
@@ -89,3 +95,40 @@ def check_on_tables(path):
             per_row = scale.reshape((-1,) + (1,) * (len(shape) - 1))
             assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else per_row)), name
     return plan
+
+
+HOST_READS = ("tolist", "item", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+"""The Tensor methods that bring a value to the host (on an accelerator: wait for the device)."""
+OWN_CODE = tuple(str(Path(m.__file__).parent) for m in (nas_mpq, search_spaces))
+
+
+@contextmanager
+def host_reads(fail: bool = True, calls: list[str] | None = None) -> Iterator[list[str]]:
+    """Within the block, every call of a HOST_READS method made by nas_mpq or search_spaces code
+    is recorded ("method at file:line", in `calls` or a new list, yielded) and, with `fail`,
+    raises AssertionError; calls from torch and Lightning pass."""
+    calls = [] if calls is None else calls
+    originals = {name: torch.Tensor.__dict__.get(name) for name in HOST_READS}
+
+    def guarded(name: str):
+        method = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(OWN_CODE):
+                calls.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}")
+                if fail:
+                    raise AssertionError(f"host read of a tensor: {calls[-1]}")
+            return method(self, *args, **kwargs)
+        return read
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, guarded(name))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)

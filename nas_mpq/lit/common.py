@@ -158,10 +158,14 @@ class LMModule(pl.LightningModule):
             batch = next(iter(evaluation_batches("train")))
             calibrate_activations_(self.net, (batch[0],))
 
+    def training_batch_index(self, batch_idx: int) -> int:
+        """The index of this training batch in the whole run (over epochs)."""
+        return self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # dropout masks depend on (seed, step, rank) only, so a resumed run continues exactly as
         # one that ran straight through, wherever it was stopped
-        step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
+        step = self.training_batch_index(batch_idx)
         torch.manual_seed((self.seed * 1_000_003 + step) * 101 + self.global_rank)
 
     def _eval_step(self, batch: tuple, stage: str, loss: MeanMetric, acc: MeanMetric) -> None:

@@ -5,13 +5,16 @@ The algorithm as built (defaults in brackets):
   budget (`init_prior`), or from a sensitivity file (`init_sensitivity`: -Omega_gk / T minus
   beta times the group's cost, again with E[size] on the budget);
 - per training batch, after a warm-up with frozen choices [10 % of the steps]:
-  1. a batch of the held-out search split: L_val + mu (E[S]/S_T - 1) [+ an entropy term late in
-     the search]; backward; clip theta grads; arch step; then the multiplier's dual ascent
-     `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the argmax plan's S/S_T (from
-     `sharpen_from` on, the argmax plan's alone): it pushes bits down while the plan is over
-     budget and (below 0) up while it stays under [`penalty: lagrange`, dual_lr 0.05];
+  1. on every `arch_every`-th training batch [1: each], a batch of the held-out search split:
+     L_val + mu (E[S]/S_T - 1) [+ an entropy term late in the search]; backward; clip theta
+     grads; arch step;
   2. zero all grads;
   3. the training batch: L_train; backward; clip; weight step (weights and quantizer scales);
+  4. the multiplier's dual ascent `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the
+     argmax plan's S/S_T (from `sharpen_from` on, the argmax plan's alone): it pushes bits down
+     while the plan is over budget and (below 0) up while it stays under [`penalty: lagrange`,
+     dual_lr 0.05]; on every training batch, so mu and the schedules follow the progress through
+     the search whatever `arch_every`;
 - the temperature anneals geometrically tau_start -> tau_end [1.0 -> 0.2], with hard
   (straight-through one-hot) samples once tau < hard_below [0.5]; from `sharpen_from` [60 %] of
   the steps an entropy term (size-weighted: sum_g n_g H(pi_g) / sum_g n_g) ramping to
@@ -68,8 +71,9 @@ class SupernetModule(LMModule):
                  warmup_fraction: float = 0.1, ramp_fraction: float = 0.25, tau_start: float = 1.0,
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
-                 single_level: bool = False, min_fill: float | None = None, init_prior: bool = True,
-                 init_sensitivity: str | None = None, init_temperature: float = 1.0, seed: int = 0) -> None:
+                 single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
+                 init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
+                 seed: int = 0) -> None:
         super().__init__(net, seed)
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)
@@ -87,6 +91,12 @@ class SupernetModule(LMModule):
             raise ValueError(f"temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
         if lam < 0:
             raise ValueError(f"lam must be non-negative, got {lam}")
+        if isinstance(arch_every, bool) or not isinstance(arch_every, int) or arch_every < 1:
+            raise ValueError(f"arch_every must be a positive integer (the choices step on every arch_every-th "
+                             f"training batch), got {arch_every!r}")
+        if single_level and arch_every != 1:
+            raise ValueError(f"arch_every={arch_every} needs the bi-level search; single_level steps the choices "
+                             "on every training batch")
         self.automatic_optimization = False
         self.space = space.build()
         self.budget = budget
@@ -146,17 +156,17 @@ class SupernetModule(LMModule):
     # ---- schedules ------------------------------------------------------------------------------
     def progress(self, batch_idx: int) -> float:
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        step = self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
-        return min(step / total, 1.0)
+        return min(self.training_batch_index(batch_idx) / total, 1.0)
 
-    def schedule(self, p: float) -> tuple[float, float, bool, float]:
+    def schedule(self, p: float) -> tuple[float, float | torch.Tensor, bool, float]:
         """(tau, budget weight, arch_active, entropy weight) at progress p in [0, 1]. The budget
-        weight is the multiplier mu (lagrange) or lambda ramped linearly after the warm-up."""
+        weight is the multiplier mu (lagrange; a copy of its buffer, on its device) or lambda ramped
+        linearly after the warm-up."""
         h = self.hparams
         tau = h.tau_start * (h.tau_end / h.tau_start) ** p
         active = p >= h.warmup_fraction
         if h.penalty == "lagrange":
-            weight = float(self.dual)
+            weight = self.dual.clone()
         else:
             ramp = 1.0 if h.ramp_fraction == 0 else min(max((p - h.warmup_fraction) / h.ramp_fraction, 0.0), 1.0)
             weight = h.lam * ramp
@@ -199,7 +209,8 @@ class SupernetModule(LMModule):
         self.sampler.tau = tau
         self.sampler.hard = self.hparams.hard_below is not None and tau < self.hparams.hard_below
         single = self.hparams.single_level
-        if active and not single:
+        arch_step = active and not single and self.training_batch_index(batch_idx) % self.hparams.arch_every == 0
+        if arch_step:
             arch_loss = self.lm_loss(self._search_batch(), "search") + self._arch_terms(weight, sharpen)
             self.manual_backward(arch_loss)
             self.clip_gradients(a_opt, gradient_clip_val=self.hparams.arch_grad_clip,
@@ -220,18 +231,18 @@ class SupernetModule(LMModule):
         a_opt.zero_grad()
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if active and self.hparams.penalty == "lagrange":
-            self.dual.fill_(self.regularizer.update_dual(float(self.dual), self.hparams.dual_lr, argmax_ratio,
+            self.dual.copy_(self.regularizer.update_dual(self.dual, self.hparams.dual_lr, argmax_ratio,
                                                          on_argmax=progress >= self.hparams.sharpen_from))
         with torch.no_grad():
             self.log_dict({"train/loss": loss, "arch/expected_bits": self.regularizer.expected_avg_bits(),
-                           "arch/argmax_ratio": argmax_ratio,
+                           "arch/argmax_ratio": argmax_ratio.float(),
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
 
     def _clear_scales(self) -> None:
-        for g in search_groups(self.net):
-            g.choice.clear_stats()
+        for choice in self.regularizer.choices:
+            choice.clear_stats()
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:

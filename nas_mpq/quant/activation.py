@@ -10,6 +10,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,6 +44,18 @@ class ActivationQuantizer(WeightQuantizer):
             self.alpha = nn.Parameter(torch.tensor(1.0))
             self.register_buffer("signed", torch.tensor(False))
             self.register_buffer("calibrated", torch.tensor(False))
+        self._flags: tuple[bool, bool] | None = None
+
+    def flags(self) -> tuple[bool, bool]:
+        """(calibrated, signed): read from their buffers once, then kept on the host (calibration
+        and state-dict loads renew them), so a forward reads nothing back from the device."""
+        if self._flags is None:
+            self._flags = (bool(self.calibrated), bool(self.signed))
+        return self._flags
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._flags = None
 
     @torch.no_grad()
     def calibrate_(self, x: torch.Tensor) -> None:
@@ -50,18 +64,20 @@ class ActivationQuantizer(WeightQuantizer):
         if flat.numel() > _MAX_CALIBRATION_SAMPLES:
             flat = flat[torch.linspace(0, flat.numel() - 1, _MAX_CALIBRATION_SAMPLES).long()]
         self.alpha.fill_(max(float(torch.quantile(flat, CALIBRATION_QUANTILE)), 1e-6))
-        self.signed.fill_(bool((x < 0).any()))
+        signed = bool((x < 0).any())
+        self.signed.fill_(signed)
         self.calibrated.fill_(True)
+        self._flags = (True, signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits == 32:
             return x
         if self.bits == 16:
             return half_quantize(x)
-        if not bool(self.calibrated):
+        if not self.flags()[0]:
             self.calibrate_(x)
         alpha = self.alpha.abs().clamp_min(1e-6)
-        if bool(self.signed):
+        if self.flags()[1]:
             levels = 2 ** (self.bits - 1) - 1
             clipped = torch.maximum(torch.minimum(x, alpha), -alpha)
         else:

@@ -89,33 +89,35 @@ def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int 
     return WeightStats(w, per_channel).scale(bits, iters)
 
 
-def _fit(rows: torch.Tensor, bits: int, iters: int) -> torch.Tensor:
-    """fit_scale on a (scales, elements) sample: one scale per row, shape (scales, 1)."""
+def _fit(rows: torch.Tensor, rms: torch.Tensor, absmax: torch.Tensor, bits: int, iters: int) -> torch.Tensor:
+    """fit_scale on a (scales, elements) sample, given its rms and max-abs per row: one scale per
+    row, shape (scales, 1)."""
     q, tiny = qmax(bits), torch.finfo(rows.dtype).tiny
-    gauss = rows.square().mean(dim=1, keepdim=True).sqrt_() * _STEP_PER_RMS.get(bits, 4.0 / q)
-    starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [rows.abs().amax(dim=1, keepdim=True) / q], dim=1)
+    gauss = rms * _STEP_PER_RMS.get(bits, 4.0 / q)
+    starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [absmax / q], dim=1)
     starts = starts.clamp_min_(tiny).T.unsqueeze(-1)  # (starts, scales, 1)
-    errors = (torch.clamp(torch.round(rows / starts), -q, q).mul_(starts).sub_(rows)).square_().sum(dim=-1)
+    errors = torch.div(rows, starts).round_().clamp_(-q, q).mul_(starts).sub_(rows).square_().sum(dim=-1)
     s = torch.gather(starts.squeeze(-1), 0, errors.argmin(dim=0, keepdim=True)).T  # (scales, 1)
     for _ in range(iters):
-        c = torch.clamp(torch.round(rows / s), -q, q)
+        c = torch.div(rows, s).round_().clamp_(-q, q)
         cc = (c * c).sum(dim=1, keepdim=True)
-        s = torch.where(cc > 0, (rows * c).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
+        s = torch.where(cc > 0, c.mul_(rows).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
     return s
 
 
 class WeightStats:
     """The fitted scales of one weight, computed once per bit-width and shared by every candidate
     quantizer of its group, so a subset of its rows (an embedding's looked-up rows) quantizes
-    exactly as those rows of the whole weight do."""
+    exactly as those rows of the whole weight do. What every width's fit reads (the sample of the
+    weight, its rms and max-abs per scale) is computed once for all of them."""
 
     def __init__(self, w: torch.Tensor, per_channel: bool = False) -> None:
         self.weight, self.per_channel = w.detach(), per_channel
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
-        self._sample: torch.Tensor | None = None
+        self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def scale(self, bits: int, iters: int = FIT_ITERS) -> torch.Tensor:
-        """fit_scale(weight, bits, per_channel), the sample of the weight read once for every width."""
+        """fit_scale(weight, bits, per_channel)."""
         key = (bits, iters)
         if key not in self._scales:
             a, tiny = self.weight, torch.finfo(self.weight.dtype).tiny
@@ -123,11 +125,17 @@ class WeightStats:
                 n = a[0].numel() if self.per_channel else a.numel()
                 self._scales[key] = (_reduce(a.abs(), self.per_channel) / n).clamp_min(tiny)
             else:
-                if self._sample is None:
-                    self._sample = _fit_sample(a, self.per_channel).contiguous()
                 shape = (-1,) + (1,) * (a.dim() - 1) if self.per_channel else ()
-                self._scales[key] = _fit(self._sample, bits, iters).reshape(shape)
+                self._scales[key] = _fit(*self.sample(), bits, iters).reshape(shape)
         return self._scales[key]
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(what the scale fit reads as (scales, elements), its rms per scale, its max-abs per scale)."""
+        if self._sample is None:
+            rows = _fit_sample(self.weight, self.per_channel).contiguous()
+            self._sample = (rows, rows.square().mean(dim=1, keepdim=True).sqrt_(),
+                            rows.abs().amax(dim=1, keepdim=True))
+        return self._sample
 
 
 def uniform_codes(w: torch.Tensor, bits: int, scale: torch.Tensor) -> torch.Tensor:
@@ -143,9 +151,10 @@ def uniform_quantize(w: torch.Tensor, bits: int, per_channel: bool = False) -> t
     return identity_ste(w, uniform_codes(w, bits, s) * s)
 
 
-def binary_value(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """`scale * sign(w)` with the sign taken from the sign bit (+0 -> +1), no gradient."""
-    return torch.copysign(scale.expand_as(w), w.detach())
+def binary_value(w: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`scale * sign(w)` with the sign taken from the sign bit (+0 -> +1), no gradient; written
+    into `out` when given."""
+    return torch.copysign(scale.expand_as(w), w.detach(), out=out)
 
 
 def binary_codes(w: torch.Tensor) -> torch.Tensor:

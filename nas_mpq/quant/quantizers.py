@@ -30,10 +30,13 @@ class WeightQuantizer(nn.Module):
         self.bits = F.check_bits(bits)
         self.per_channel = per_channel
 
-    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         """forward(w) without autograd. `stats` (the WeightStats of w, or of the whole weight
         that w is some rows of, at this quantizer's per_channel) shares the fitted scales between
-        the candidates of a group."""
+        the candidates of a group. `out`, a tensor of w's shape, may be written and returned
+        instead of a new tensor (the composite weight reuses one buffer for every candidate);
+        quantizers that need no new tensor (32 bits: w itself) ignore it."""
         with torch.no_grad():
             return self.forward(w)
 
@@ -65,7 +68,8 @@ class FullPrecision(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.bits == 32 else F.half_quantize(w)
 
-    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         return w.detach() if self.bits == 32 else w.detach().half().to(w.dtype)
 
 
@@ -94,8 +98,9 @@ class BinaryQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.binary_quantize(w, self.per_channel)
 
-    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
-        return F.binary_value(w, _scale(w, 1, self.per_channel, stats))
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        return F.binary_value(w, _scale(w, 1, self.per_channel, stats), out)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.binary_codes(w), F.fit_scale(w, 1, self.per_channel)
@@ -112,10 +117,11 @@ class UniformQuantizer(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.uniform_quantize(w, self.bits, self.per_channel)
 
-    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+    def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         s = _scale(w, self.bits, self.per_channel, stats)
         q = F.qmax(self.bits)
-        return torch.mul(w.detach(), s.reciprocal()).round_().clamp_(-q, q).mul_(s)
+        return torch.mul(w.detach(), s.reciprocal(), out=out).round_().clamp_(-q, q).mul_(s)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = F.fit_scale(w, self.bits, self.per_channel)

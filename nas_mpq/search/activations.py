@@ -92,14 +92,14 @@ def calibrate_activations_(model: nn.Module, inputs: tuple[Any, ...]) -> bool:
     one forward of `inputs` (eval mode); returns whether there were any. Run it on the same batch
     in every process, so data-parallel replicas start from the same clipping values."""
     pending = {g.module: [q for q in g.choice.quantizers if isinstance(q, ActivationQuantizer)
-                          and q.bits < 16 and not bool(q.calibrated)] for g in activation_groups(model)}
+                          and q.bits < 16 and not q.flags()[0]] for g in activation_groups(model)}
     pending = {m: qs for m, qs in pending.items() if qs}
     if not pending:
         return False
 
     def calibrate(module: nn.Module, args: tuple) -> None:
         for q in pending.get(module, ()):
-            if not bool(q.calibrated):
+            if not q.flags()[0]:
                 q.calibrate_(args[0])
 
     handles = [m.register_forward_pre_hook(calibrate, prepend=True) for m in pending]

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..plan import ACTIVATION_BITS, Budget
 from .activations import activation_groups
+from .choice import MixedPrecisionChoice
 from .groups import fixed_numel, search_groups
 
 PENALTIES = ("lagrange", "one_sided", "two_sided")
@@ -48,23 +49,34 @@ class BudgetRegularizer:
         self.numel = [g.plan.numel for g in groups]
         self.fixed = float(budget.fixed_cost(fixed))
         self.capacity = budget.capacity([g.plan for g in groups], fixed)
+        self._device = torch.device("cpu")
+
+    def _follow_choices(self) -> None:
+        """Keep the cost, bit and scale vectors on the choices' device (moved when it changes), so
+        no step copies them."""
+        device = next((c.theta.device for c in self.choices + self.inputs if c.theta is not None), self._device)
+        if device != self._device:
+            self.costs = [c.to(device) for c in self.costs]
+            self.bits = [b.to(device) for b in self.bits]
+            self.linked = [(i, act, scale.to(device)) for i, act, scale in self.linked]
+            self._device = device
 
     def expected(self) -> torch.Tensor:
         """E[measure] under the relaxation."""
-        terms = [(c.probs() * cost.to(c.probs().device)).sum() for c, cost in zip(self.choices, self.costs)]
+        self._follow_choices()
+        terms = [_expectation(c, cost) for c, cost in zip(self.choices, self.costs)]
         for i, act, scale in self.linked:
-            terms[i] = terms[i] * (act.probs() * scale.to(act.probs().device)).sum()
+            terms[i] = terms[i] * _expectation(act, scale)
         return torch.stack(terms).sum() + self.fixed
 
-    def argmax_measure(self) -> float:
-        """The measure of the argmax plan (what the plan would be without repair)."""
-        def at_argmax(c, values: torch.Tensor) -> float:
-            return float(values[int(c.theta.argmax())]) if c.theta is not None else float(values[0])
-
-        terms = [at_argmax(c, cost) for c, cost in zip(self.choices, self.costs)]
+    def argmax_measure(self) -> torch.Tensor:
+        """The measure of the argmax plan (what the plan would be without repair), a float64
+        scalar on the choices' device: computed there, without reading any choice to the host."""
+        self._follow_choices()
+        terms = [_at_argmax(c, cost) for c, cost in zip(self.choices, self.costs)]
         for i, act, scale in self.linked:
-            terms[i] *= at_argmax(act, scale)
-        return sum(terms) + self.fixed
+            terms[i] = terms[i] * _at_argmax(act, scale)
+        return torch.stack(terms).sum() + self.fixed
 
     def ratio(self) -> torch.Tensor:
         """E[measure] / S_T: 1 is exactly on budget."""
@@ -81,16 +93,19 @@ class BudgetRegularizer:
         return weight * (gap.clamp_min(0.0) if self.kind == "one_sided" else gap) ** 2
 
     @torch.no_grad()
-    def update_dual(self, mu: float, lr: float, argmax_ratio: float | None = None, on_argmax: bool = False) -> float:
-        """One dual-ascent step `mu + lr (r - 1)`. r is the larger of E[measure] and the argmax
-        plan's measure over S_T (`argmax_ratio`, computed when not given): the multiplier grows
-        while either is over budget and falls once both are inside, below 0 while they stay under
-        it (then the term pays for bits). `on_argmax` (the search's last phase) uses the argmax
-        plan's ratio alone, both ways: the multiplier moves until the plan the search returns
-        fills the budget, not only its expectation."""
+    def update_dual(self, mu: float | torch.Tensor, lr: float, argmax_ratio: float | torch.Tensor | None = None,
+                    on_argmax: bool = False) -> torch.Tensor:
+        """One dual-ascent step `mu + lr (r - 1)`, a float64 scalar. r is the larger of E[measure]
+        and the argmax plan's measure over S_T (`argmax_ratio`, computed when not given): the
+        multiplier grows while either is over budget and falls once both are inside, below 0 while
+        they stay under it (then the term pays for bits). `on_argmax` (the search's last phase)
+        uses the argmax plan's ratio alone, both ways: the multiplier moves until the plan the
+        search returns fills the budget, not only its expectation. Tensors stay on their device."""
         if argmax_ratio is None:
             argmax_ratio = self.argmax_measure() / self.capacity
-        r = argmax_ratio if on_argmax else max(float(self.ratio()), argmax_ratio)
+        r = torch.as_tensor(argmax_ratio, dtype=torch.float64)
+        if not on_argmax:
+            r = torch.maximum(self.ratio().double(), r)
         return mu + lr * (r - 1.0)
 
     @torch.no_grad()
@@ -112,7 +127,7 @@ class BudgetRegularizer:
             choices = [self.choices[i] for i in searched]
             scale = sum(float(self.costs[i].mean()) for i in searched) / max(len(searched), 1)
             offsets = [b.to(torch.float32) for b in base]
-            prices = [self.costs[i] / scale for i in searched]
+            prices = [self.costs[i].cpu() / scale for i in searched]
         target = fill * self.capacity
 
         def set_beta(beta: float) -> float:
@@ -133,8 +148,8 @@ class BudgetRegularizer:
 
     def expected_avg_bits(self) -> torch.Tensor:
         """sum_g n_g sum_k pi_gk b_k / sum_g n_g."""
-        terms = [n * (c.probs() * b.to(c.probs().device)).sum()
-                 for c, b, n in zip(self.choices, self.bits, self.numel)]
+        self._follow_choices()
+        terms = [n * _expectation(c, b) for c, b, n in zip(self.choices, self.bits, self.numel)]
         return torch.stack(terms).sum() / sum(self.numel)
 
     def mean_entropy(self) -> torch.Tensor:
@@ -149,6 +164,18 @@ class BudgetRegularizer:
         if not pairs:
             return torch.tensor(0.0)
         return torch.stack([n * h for n, h in pairs]).sum() / sum(n for n, _ in pairs)
+
+
+def _expectation(choice: MixedPrecisionChoice, values: torch.Tensor) -> torch.Tensor:
+    """sum_k pi_k values_k (the one value of a choice without logits)."""
+    return values[0] if choice.theta is None else (choice.probs() * values).sum()
+
+
+def _at_argmax(choice: MixedPrecisionChoice, values: torch.Tensor) -> torch.Tensor:
+    """values at the choice's argmax, as float64, selected on the device."""
+    if choice.theta is None:
+        return values[0].double()
+    return values.index_select(0, choice.theta.detach().argmax().reshape(1))[0].double()
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

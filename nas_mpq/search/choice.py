@@ -22,23 +22,29 @@ from ..quant.functional import WeightStats
 
 
 class CompositeWeight(torch.autograd.Function):
-    """`sum_k y_k Q_k(w)` without keeping K quantized copies for backward: backward recomputes each
-    Q_k(w) once for dL/dy_k = <G, Q_k(w)>. Quantizers with the identity STE and no parameters
-    contribute `y_k G` to dL/dw directly; the others (LSQ, pruning) are re-run under autograd so
-    their own gradients (and those of their parameters, passed as `params`) come out exactly."""
+    """`sum_k y_k Q_k(w)` over the candidates in `active`, the indices whose y_k may be non-zero
+    (every candidate for a soft sample; the picked one for a one-hot y), which the caller knows
+    without reading y from the device. The candidates are quantized one after the other into one
+    buffer: the forward allocates two weight-sized tensors (the result and that buffer), and so
+    does the backward, whatever the number of candidates.
+
+    Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
+    dL/dy_k = <G, Q_k(w)>. Quantizers with the identity STE and no parameters contribute `y_k G`
+    to dL/dw directly; the others (LSQ, pruning) are re-run under autograd so their own gradients
+    (and those of their parameters, passed as `params`) come out exactly."""
 
     @staticmethod
-    def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, quantizers: Sequence[WeightQuantizer],
-                stats: WeightStats | None, *params: torch.Tensor) -> torch.Tensor:
-        out = None
-        for k, (q, y_k) in enumerate(zip(quantizers, y.tolist())):
-            if y_k == 0.0:  # a hard or one-hot y needs one quantization, not K
+    def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, active: Sequence[int],
+                quantizers: Sequence[WeightQuantizer], stats: WeightStats | None,
+                *params: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(w)
+        scratch = None
+        for i, k in enumerate(active):
+            if i == 0:
+                torch.mul(quantizers[k].value(w, stats, out), y[k], out=out)
                 continue
-            if out is None:
-                out = q.value(w, stats) * y[k]
-            else:
-                out.addcmul_(q.value(w, stats), y[k])
-        out = torch.zeros_like(w) if out is None else out
+            scratch = torch.empty_like(w) if scratch is None else scratch
+            out.addcmul_(quantizers[k].value(w, stats, scratch), y[k])
         ctx.quantizers, ctx.stats = quantizers, stats
         ctx.save_for_backward(w, y)
         return out
@@ -51,12 +57,13 @@ class CompositeWeight(torch.autograd.Function):
         grad_params: dict[int, torch.Tensor] = {}
         grad_y = torch.empty_like(y)
         identity = [k for k, q in enumerate(quantizers) if q.identity_grad]
-        grad_w = grad * y[identity].sum() if ctx.needs_input_grad[0] else None
+        grad_w = grad * _sum_at(y, identity) if ctx.needs_input_grad[0] else None
         flat_grad = grad.reshape(-1)
         stats = ctx.stats
+        scratch = torch.empty_like(w) if identity else None
         for k, q in enumerate(quantizers):
             if q.identity_grad:
-                grad_y[k] = torch.dot(flat_grad, q.value(w, stats).reshape(-1))
+                grad_y[k] = torch.dot(flat_grad, q.value(w, stats, scratch).reshape(-1))
                 continue
             with torch.enable_grad():
                 w_leaf = w.detach().requires_grad_(True)
@@ -69,7 +76,12 @@ class CompositeWeight(torch.autograd.Function):
             for p, g in zip(own, grads[1:]):
                 if g is not None:
                     grad_params[id(p)] = g
-        return (grad_w, grad_y, None, None, *[grad_params.get(id(p)) for p in params])
+        return (grad_w, grad_y, None, None, None, *[grad_params.get(id(p)) for p in params])
+
+
+def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """`y[indices].sum()` without an index tensor (which would be copied to y's device)."""
+    return torch.stack([y[k] for k in indices]).sum() if indices else y.new_zeros(())
 
 
 class MixedPrecisionChoice(nn.Module):
@@ -91,7 +103,23 @@ class MixedPrecisionChoice(nn.Module):
         self.settings = settings
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
+        self._argmax: tuple[tuple[int, int], int] | None = None  # ((theta's address, version), argmax)
         self._stats: tuple[tuple, WeightStats | None] | None = None
+
+    @property
+    def sample(self) -> torch.Tensor | None:
+        """y drawn for this forward; None: the one-hot argmax. Assigning a tensor forgets which
+        candidate a hard sample picked (`set_sample` records it), so every candidate is computed."""
+        return self._sample
+
+    @sample.setter
+    def sample(self, y: torch.Tensor | None) -> None:
+        self.set_sample(y)
+
+    def set_sample(self, y: torch.Tensor | None, index: int | None = None) -> None:
+        """Use y in the next forwards; `index`: y is one-hot on that candidate (a hard sample),
+        so only that candidate is quantized."""
+        self._sample, self._sample_index = y, index
 
     def shared_stats(self, w: torch.Tensor) -> WeightStats | None:
         """The fitted scales of `w` shared by every candidate (None when they disagree on
@@ -123,13 +151,31 @@ class MixedPrecisionChoice(nn.Module):
     def argmax_bits(self) -> int:
         return self.candidates[0] if self.theta is None else self.candidates[int(self.theta.argmax())]
 
+    def argmax_index(self) -> int:
+        """argmax theta as a Python int: the one `refresh_argmax_` read, while theta's version
+        counter has not moved since, else read now."""
+        if self.theta is None:
+            return 0
+        if self._argmax is None or self._argmax[0] != _version_key(self.theta):
+            refresh_argmax_([self])
+        return self._argmax[1]
+
     def weights(self) -> torch.Tensor:
         """y for this forward: the drawn sample, else the one-hot argmax (no noise)."""
         if self.theta is None:
             return torch.ones(1)
         if self.sample is not None:
             return self.sample
-        return nn.functional.one_hot(self.theta.argmax(), len(self.candidates)).to(self.theta.dtype)
+        return _one_hot(self.argmax_index(), self.theta.detach())
+
+    def active_candidates(self) -> tuple[int, ...]:
+        """The candidates whose y_k may be non-zero in this forward, from what the host knows: the
+        picked one of a hard sample or of the argmax, every one for any other sample."""
+        if self.theta is None:
+            return (0,)
+        if self.sample is None:
+            return (self.argmax_index(),)
+        return tuple(range(len(self.candidates))) if self._sample_index is None else (self._sample_index,)
 
     @property
     def elementwise(self) -> bool:
@@ -142,19 +188,42 @@ class MixedPrecisionChoice(nn.Module):
         its rows: the result equals those rows of the composite of the whole weight."""
         if self.theta is None and stats is None:
             return self.quantizers[0](w)
-        y = self.weights().to(w.device, w.dtype)
+        y = w.new_ones(1) if self.theta is None else self.weights().to(w.device, w.dtype)
         params = [p for q in self.quantizers for p in q.parameters()]
         stats = stats if stats is not None else self.shared_stats(w)
-        return CompositeWeight.apply(w, y, list(self.quantizers), stats, *params)
+        return CompositeWeight.apply(w, y, self.active_candidates(), list(self.quantizers), stats, *params)
 
     def extra_repr(self) -> str:
         return f"candidates={self.candidates}"
 
 
+def refresh_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:
+    """Read argmax theta of every choice (with logits) from the device in one transfer and keep it
+    (`argmax_index`): an evaluation forward then quantizes each group at its argmax alone without
+    reading each choice's logits on its own."""
+    searched = [c for c in choices if c.theta is not None]
+    if not searched:
+        return
+    picks = torch.stack([c.theta.detach().argmax() for c in searched]).tolist()
+    for c, k in zip(searched, picks):
+        c._argmax = (_version_key(c.theta), k)
+
+
+def _version_key(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t._version
+
+
+def _one_hot(k: int, like: torch.Tensor) -> torch.Tensor:
+    """The one-hot vector on index `k` with `like`'s length, dtype and device."""
+    y = torch.zeros_like(like)
+    y[k] = 1.0
+    return y
+
+
 class GumbelSampler:
     """Draws `y = softmax((theta + G) / tau)` with Gumbel noise G from its own torch.Generator, so a
     run is reproducible and a checkpoint can hold the generator state; `hard` gives the
-    straight-through one-hot sample."""
+    straight-through one-hot sample. Logits are vectors (one per choice)."""
 
     def __init__(self, tau: float = 5.0, hard: bool = False, seed: int = 0) -> None:
         if tau <= 0:
@@ -164,13 +233,30 @@ class GumbelSampler:
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, theta: torch.Tensor) -> torch.Tensor:
-        u = torch.rand(theta.shape, generator=self.generator).clamp_(1e-10, 1.0 - 1e-7)
-        gumbel = -torch.log(-torch.log(u)).to(theta.device, theta.dtype)
-        y = torch.softmax((theta + gumbel) / self.tau, dim=-1)
+        """One sample y for the logits theta."""
+        return self.draw([theta])[0][0]
+
+    def draw(self, thetas: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, int | None]]:
+        """A sample y for each logit vector, in order, with the index y is one-hot on when hard
+        (None when soft). The noise is drawn on the host and goes to the device in one copy. A hard
+        sample's index is decided on the host: from y itself on the CPU, else from the logits
+        read back in one transfer for all of them, and y is made one-hot on that index."""
+        if not thetas:
+            return []
+        noise = [self._gumbel(t.shape) for t in thetas]
+        ys = [torch.softmax((t + g) / self.tau, dim=-1) for t, g in zip(thetas, _to_devices(noise, thetas))]
         if not self.hard:
-            return y
-        one_hot = nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
-        return one_hot - y.detach() + y
+            return [(y, None) for y in ys]
+        on_host = ys
+        if any(t.device.type != "cpu" for t in thetas):
+            logits = torch.cat([t.detach().reshape(-1) for t in thetas]).cpu().split([t.numel() for t in thetas])
+            on_host = [torch.softmax((t + g.to(t.dtype)) / self.tau, dim=-1) for t, g in zip(logits, noise)]
+        picks = torch.stack([y.detach().argmax() for y in on_host]).tolist()
+        return [(_one_hot(k, y.detach()) - y.detach() + y, k) for y, k in zip(ys, picks)]
+
+    def _gumbel(self, shape: torch.Size) -> torch.Tensor:
+        u = torch.rand(shape, generator=self.generator).clamp_(1e-10, 1.0 - 1e-7)
+        return -torch.log(-torch.log(u))
 
     def state_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "hard": self.hard, "generator": self.generator.get_state()}
@@ -179,3 +265,17 @@ class GumbelSampler:
         self.tau = float(state["tau"])
         self.hard = bool(state["hard"])
         self.generator.set_state(state["generator"])
+
+
+def _to_devices(noise: list[torch.Tensor], thetas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each noise tensor on its logits' device and dtype. Off the CPU, all of it goes in one
+    copy, from pinned memory on CUDA so that the host does not wait for the device."""
+    devices = {t.device for t in thetas}
+    if devices == {torch.device("cpu")}:
+        return [g.to(dtype=t.dtype) for g, t in zip(noise, thetas)]
+    device = next(t.device for t in thetas if t.device.type != "cpu")
+    flat = torch.cat([g.reshape(-1) for g in noise])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    moved = flat.to(device, non_blocking=device.type == "cuda").split([g.numel() for g in noise])
+    return [m.view(g.shape).to(t.device, t.dtype) for m, g, t in zip(moved, noise, thetas)]

@@ -27,7 +27,7 @@ from torch import nn
 from ..plan import ActivationPlan, GroupPlan, PrecisionPlan
 from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_, detach_input_choices_,
                           move_input_choice)
-from .choice import GumbelSampler, MixedPrecisionChoice
+from .choice import GumbelSampler, MixedPrecisionChoice, refresh_argmax_
 from .coverage import check_full_coverage, coverage_report, unsupported
 from .derive import derive_plan
 from .groups import search_groups
@@ -204,9 +204,15 @@ def _record_positions(model: nn.Module) -> None:
 
 def _resample(sampler: GumbelSampler, choices: list[MixedPrecisionChoice],
               model: nn.Module, args: tuple) -> None:
-    """Forward pre-hook: one fresh sample per choice and forward (tied layers share it)."""
-    for choice in choices:
-        choice.sample = sampler.sample(choice.theta) if model.training else None
+    """Forward pre-hook: in training, one fresh sample per choice and forward (tied layers share
+    it); in evaluation none, and the argmax of every choice read at once."""
+    if not model.training:
+        for choice in choices:
+            choice.sample = None
+        refresh_argmax_(choices)
+        return
+    for choice, (y, index) in zip(choices, sampler.draw([c.theta for c in choices])):
+        choice.set_sample(y, index)
 
 
 def get_sampler(model: nn.Module) -> GumbelSampler:

@@ -141,3 +141,42 @@ def test_lsq_gradients(w):
 def test_unknown_method():
     with pytest.raises(ValueError, match=r"unknown quantization method 'pact'; valid: \['uniform', 'lsq'\]"):
         make_quantizer(4, torch.zeros(2, 2), method="pact")
+
+
+def _fit_alone(w: torch.Tensor, bits: int, per_channel: bool, iters: int = F.FIT_ITERS) -> torch.Tensor:
+    """The alternating fit of one width written out on its own, every intermediate a new tensor:
+    the reference that the shared statistics and in-place steps must reproduce exactly."""
+    rows = F._fit_sample(w, per_channel).contiguous()
+    q, tiny = qmax(bits), torch.finfo(rows.dtype).tiny
+    gauss = rows.square().mean(dim=1, keepdim=True).sqrt() * F._STEP_PER_RMS.get(bits, 4.0 / q)
+    starts = torch.cat([gauss * m for m in F._START_MULTIPLES] + [rows.abs().amax(dim=1, keepdim=True) / q], dim=1)
+    starts = starts.clamp_min(tiny).T.unsqueeze(-1)
+    errors = (torch.clamp(torch.round(rows / starts), -q, q) * starts - rows).square().sum(dim=-1)
+    s = torch.gather(starts.squeeze(-1), 0, errors.argmin(dim=0, keepdim=True)).T
+    for _ in range(iters):
+        c = torch.clamp(torch.round(rows / s), -q, q)
+        cc = (c * c).sum(dim=1, keepdim=True)
+        s = torch.where(cc > 0, (rows * c).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min(tiny)
+    return s.reshape((-1,) + (1,) * (w.dim() - 1) if per_channel else ())
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (256, 256), (3000, 40), (8, 3, 3, 3)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_widths_fitted_together_equal_each_fitted_alone(shape, per_channel):
+    """WeightStats reads the sample, its rms and its max-abs once for every width."""
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(3.0).sample(shape)
+    stats = F.WeightStats(w, per_channel)
+    for bits in (8, 2, 4, 3):
+        assert torch.equal(stats.scale(bits), _fit_alone(w, bits, per_channel)), bits
+
+
+@pytest.mark.parametrize("bits", [0, 1, 2, 3, 4, 8, 16, 32])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_value_written_into_a_buffer_equals_the_value_alone(w, bits, per_channel):
+    q = make_quantizer(bits, w, per_channel=per_channel)
+    buffer = torch.full_like(w, float("nan"))
+    written = q.value(w, F.WeightStats(w, per_channel), out=buffer)
+    assert torch.equal(written, q.value(w)) and torch.equal(written, q(w).detach())
+    if bits in (1, 2, 3, 4, 8):
+        assert written is buffer

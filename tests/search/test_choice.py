@@ -151,3 +151,25 @@ def test_shared_scales_follow_the_weight_and_clear_on_request():
     with torch.inference_mode():
         rows = w[:4] * 1.0
         assert torch.equal(choice.shared_stats(rows).scale(4), fit_scale(rows, 4))
+
+
+@pytest.mark.parametrize("method", ["uniform", "lsq"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_composite_equals_the_sum_of_separately_quantized_candidates_exactly(method, per_channel):
+    """One buffer for every candidate in forward and backward changes no value: the result and
+    dL/dy equal those from each candidate's own quantized copy."""
+    torch.manual_seed(2)
+    w = torch.randn(40, 12)
+    cands = [0, 1, 2, 4, 8, 16, 32]
+    choice = MixedPrecisionChoice([make_quantizer(b, w, method, per_channel) for b in cands])
+    y = torch.softmax(torch.randn(len(cands)), 0)
+    g = torch.randn_like(w)
+    choice.sample = y.clone().requires_grad_(True)
+    out = choice.composite(w)
+    out.backward(g)
+    copies = [q.value(w) for q in choice.quantizers]
+    expected = copies[0] * y[0]
+    for k in range(1, len(cands)):
+        expected = torch.addcmul(expected, copies[k], y[k])
+    assert torch.equal(out, expected)
+    assert torch.equal(choice.sample.grad, torch.stack([torch.dot(g.reshape(-1), c.reshape(-1)) for c in copies]))

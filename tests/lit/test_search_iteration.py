@@ -1,0 +1,100 @@
+"""What one iteration of the supernet search costs: no tensor read back to the host per weight
+group, and `arch_every` (the choices' step on every k-th training batch only)."""
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import host_reads, tiny_lm
+from nas_mpq.data import LMDataModule
+from nas_mpq.lit import SpaceConfig, SupernetModule
+from nas_mpq.plan import Budget
+from nas_mpq.search import choice, search_groups
+
+
+class Iterations(pl.Callback):
+    """After each training batch: (its index in the search, arch steps so far, search batches
+    drawn so far, the multiplier mu)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, float]] = []
+        self.arch_steps = self.search_batches = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, module: SupernetModule) -> None:
+        draw = module._search_batch
+
+        def counted() -> tuple:
+            self.search_batches += 1
+            return draw()
+        module._search_batch = counted
+        trainer.optimizers[1].register_step_post_hook(self._count_arch_step)
+
+    def _count_arch_step(self, *_) -> None:
+        self.arch_steps += 1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.rows.append((module.training_batch_index(batch_idx), self.arch_steps, self.search_batches,
+                          float(module.dual)))
+
+
+def search(corpus_dir, guard=None, **kw):
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.1,
+                            seed=0, **kw)
+    if guard is not None:
+        step = module.training_step
+
+        def guarded(batch, batch_idx):
+            with guard():
+                return step(batch, batch_idx)
+        module.training_step = guarded
+    record = Iterations()
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[record])
+    trainer.fit(module, datamodule=LMDataModule(str(corpus_dir), max_vocab=200, batch_size=8, eval_batch_size=4,
+                                                bptt=12))
+    return module, record.rows
+
+
+def test_a_search_step_reads_nothing_back_with_soft_samples(corpus_dir):
+    """Every training step of a search with soft samples (weights and layer inputs searched,
+    the multiplier, the entropy term, the logged figures) runs with host reads failing."""
+    search(corpus_dir, guard=lambda: host_reads(fail=True), hard_below=None,
+           space=SpaceConfig(activation_candidates=[4, 8, 32]))
+
+
+def test_hard_samples_read_the_picks_once_per_forward(corpus_dir):
+    reads: list[str] = []
+    module, rows = search(corpus_dir, guard=lambda: host_reads(fail=False, calls=reads), hard_below=0.9)
+    assert module.sampler.hard
+    forwards = len(rows) + rows[-1][2]  # one per training batch and per search batch
+    assert 0 < len(reads) <= forwards
+    assert all(r.startswith("tolist at ") and r.split(" at ")[1].startswith(str(Path(choice.__file__)))
+               for r in reads), reads
+
+
+def test_arch_every_steps_the_choices_on_every_kth_batch_only(corpus_dir):
+    by_default, rows_1 = search(corpus_dir)
+    every_batch, _ = search(corpus_dir, arch_every=1)
+    assert torch.equal(torch.stack([g.choice.theta for g in search_groups(by_default.net)]),
+                       torch.stack([g.choice.theta for g in search_groups(every_batch.net)]))
+    active = [i for i, *_ in rows_1 if i / 12 >= 0.1]
+    assert rows_1[-1][1] == rows_1[-1][2] == len(active) == 10  # an arch step and a search batch each
+
+    second, rows_2 = search(corpus_dir, arch_every=2)
+    stepped = [i for (i, steps, _, _), (_, before, _, _) in zip(rows_2, [(0, 0, 0, 0)] + rows_2) if steps > before]
+    assert stepped == [i for i in active if i % 2 == 0]
+    assert rows_2[-1][1] == rows_2[-1][2] == len(active) // 2  # half the arch steps, half the search batches
+    # the multiplier still moves on every training batch after the warm-up, arch step or not
+    duals = [mu for *_, mu in rows_2]
+    assert all(duals[i] != duals[i - 1] for i in active[1:])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", None])
+def test_arch_every_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=rf"arch_every must be a positive integer .* got {bad!r}"):
+        SupernetModule(tiny_lm(), arch_every=bad)
+    with pytest.raises(ValueError, match="arch_every=2 needs the bi-level search"):
+        SupernetModule(tiny_lm(), arch_every=2, single_level=True)
