@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import yaml
 
 from nas_mpq.data import LMDataModule
-from nas_mpq.lit import LMModule, LMTrainModule, SpaceConfig, SupernetModule
+from nas_mpq.lit import TaskModule, TrainModule, SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
 
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_lstm" / "quick.yaml"
@@ -39,18 +39,18 @@ def _factory(spec: dict[str, Any]) -> Callable:
     return partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))
 
 
-def _modules(cfg: dict[str, Any], vocab: int) -> dict[str, Callable[..., LMModule]]:
+def _modules(cfg: dict[str, Any], vocab: int) -> dict[str, Callable[..., TaskModule]]:
     pretrain, search = cfg["pretrain"]["model"], dict(cfg["search"]["model"])
     options = {k: v for k, v in search.items() if k not in ("net", "space", "budget", "optimizer", "arch_optimizer")}
     return {
-        "fp32": lambda: LMTrainModule(_build(pretrain["net"], vocab_size=vocab), _factory(pretrain["optimizer"])),
+        "fp32": lambda: TrainModule(_build(pretrain["net"], vocab_size=vocab), _factory(pretrain["optimizer"])),
         "search": lambda arch_every: SupernetModule(
             _build(search["net"], vocab_size=vocab), SpaceConfig(**search["space"]), Budget(**search["budget"]),
             _factory(search["optimizer"]), _factory(search["arch_optimizer"]), arch_every=arch_every, **options),
     }
 
 
-def _fit_seconds(module: LMModule, trainer_cfg: dict[str, Any], data: LMDataModule, epochs: int,
+def _fit_seconds(module: TaskModule, trainer_cfg: dict[str, Any], data: LMDataModule, epochs: int,
                  limit_batches: int | None) -> float:
     options = {k: v for k, v in trainer_cfg.items() if k not in ("max_epochs", "enable_model_summary")}
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=limit_batches or 1.0, logger=False,

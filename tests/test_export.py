@@ -209,8 +209,8 @@ def test_network_class_outside_the_allowed_packages_is_refused(tmp_path):
         with pytest.raises(ValueError, match=rf"network's class path '{class_path}' (is not allowed|is not a Module)"):
             load_quantized(bad)
     # a training module of an allowed package is not a network
-    bad = rewrite(path, tmp_path / "bad.safetensors", model_class="nas_mpq.lit.common.LMModule")
-    with pytest.raises(ValueError, match=r"network's class path 'nas_mpq.lit.common.LMModule' is a LightningModule"):
+    bad = rewrite(path, tmp_path / "bad.safetensors", model_class="nas_mpq.lit.common.TaskModule")
+    with pytest.raises(ValueError, match=r"network's class path 'nas_mpq.lit.common.TaskModule' is a LightningModule"):
         load_quantized(bad)
     # files of format 1 name their network by search space
     v1 = as_format_1(path, tmp_path / "v1.safetensors")

@@ -126,11 +126,12 @@ def plateau_schedule(optimizer: torch.optim.Optimizer, lr_decay: float | None,
             "lr_scheduler": {"scheduler": scheduler, "monitor": "val/ppl", "interval": "epoch"}}
 
 
-class LMModule(pl.LightningModule):
-    """Base: runs the network over its batches (the batch contract: nas_mpq.lit.data_contract),
-    carrying a language model's hidden state across the batches of a stream; logs <stage>/loss
-    and <stage>/ppl (exp of the mean cross-entropy over the pass), and <stage>/acc for a
-    classifier."""
+class TaskModule(pl.LightningModule):
+    """Base of the training, search and finalize modules, for a language model or a classifier:
+    runs the network over its batches (the batch contract: nas_mpq.lit.data_contract), carrying a
+    language model's hidden state across the batches of a stream; logs <stage>/loss, <stage>/ppl
+    (exp of the mean cross-entropy over the pass: a language model's perplexity; for a classifier
+    the same quantity, so one monitor serves every task) and, for a classifier, <stage>/acc."""
 
     def __init__(self, net: nn.Module, seed: int = 0) -> None:
         super().__init__()
@@ -141,7 +142,9 @@ class LMModule(pl.LightningModule):
         self.val_acc, self.test_acc = MeanMetric(), MeanMetric()
         self.val_history: list[float] = []  # val/ppl per epoch, kept in checkpoints
 
-    def lm_loss(self, batch: tuple, stream: str) -> torch.Tensor:
+    def task_loss(self, batch: tuple, stream: str) -> torch.Tensor:
+        """The mean cross-entropy of the batch (next-token or class), `stream` naming the hidden
+        state a language model carries on."""
         return self._loss_and_accuracy(batch, stream)[0]
 
     def _loss_and_accuracy(self, batch: tuple, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,7 +22,7 @@ from nas_mpq.quant.functional import FIT_ITERS
 from nas_mpq.search import (apply_plan_, attach_input_choices_, check_plan_matches, detach_input_choices_,
                             search_groups, to_float_)
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
+from .common import TaskModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
 
 FINALIZE_METHODS = ("admm", "ste")
 W_STEPS = ("gradient", "proximal")
@@ -34,9 +34,9 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-class FinalizeModule(LMModule):
+class FinalizeModule(TaskModule):
     """Trains `net` at `plan` (a plan.json path) with `method` "admm" or "ste"; `lr_decay` and
-    `lr_patience` decay the learning rate on a val/ppl plateau, as in LMTrainModule. The plan
+    `lr_patience` decay the learning rate on a val/ppl plateau, as in TrainModule. The plan
     sets the groups and their quantizers; a `space` given must yield the plan's groups, and a
     `method` or `per_channel` it sets must be the plan's.
 
@@ -89,7 +89,7 @@ class FinalizeModule(LMModule):
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        loss = self.lm_loss(batch, "train")
+        loss = self.task_loss(batch, "train")
         self.log("train/loss", loss, prog_bar=True)
         if self.admm is None or self.hparams.w_step == "proximal":
             return loss

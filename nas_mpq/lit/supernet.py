@@ -38,7 +38,7 @@ from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, g
                             search_groups)
 from nas_mpq.sensitivity import load_sensitivity
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, weight_param_groups
+from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
 
 
@@ -50,7 +50,7 @@ def _default_arch_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-2, betas=(0.5, 0.999))
 
 
-class SupernetModule(LMModule):
+class SupernetModule(TaskModule):
     """Mixed-precision search over `space` for `net` under `budget`.
 
     The datamodule must be a `SearchData` (data_contract.py): it serves a held-out search split
@@ -211,7 +211,7 @@ class SupernetModule(LMModule):
         single = self.hparams.single_level
         arch_step = active and not single and self.training_batch_index(batch_idx) % self.hparams.arch_every == 0
         if arch_step:
-            arch_loss = self.lm_loss(self._search_batch(), "search") + self._arch_terms(weight, sharpen)
+            arch_loss = self.task_loss(self._search_batch(), "search") + self._arch_terms(weight, sharpen)
             self.manual_backward(arch_loss)
             self.clip_gradients(a_opt, gradient_clip_val=self.hparams.arch_grad_clip,
                                 gradient_clip_algorithm="norm")
@@ -219,7 +219,7 @@ class SupernetModule(LMModule):
             self.log("search/loss", arch_loss)
         w_opt.zero_grad()
         a_opt.zero_grad()
-        loss = self.lm_loss(batch, "train")
+        loss = self.task_loss(batch, "train")
         total = loss + self._arch_terms(weight, sharpen) if active and single else loss
         self.manual_backward(total)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")

@@ -11,14 +11,14 @@ from nas_mpq.plan import PrecisionPlan
 from nas_mpq.quant import check_bits
 from nas_mpq.search import apply_plan_, to_float_, uniform_plan
 
-from .common import LMModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
+from .common import TaskModule, OptimizerFactory, SpaceConfig, check_plateau, plateau_schedule, weight_param_groups
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=2e-3)
 
 
-class LMTrainModule(LMModule):
+class TrainModule(TaskModule):
     """Trains `net` on the training split. With `plan` (a plan.json path) the network is first made
     a fixed-precision QAT model: every group goes through the quantizer of its planned bits and
     settings (a `space` given must yield the plan's groups, and a `method` or `per_channel` it sets
@@ -28,7 +28,7 @@ class LMTrainModule(LMModule):
     `lr_patience` epochs (ReduceLROnPlateau); pair it with an EarlyStopping callback.
 
     Example:
-        >>> module = LMTrainModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
+        >>> module = TrainModule(LSTMLM(vocab_size=10000), plan="runs/s/plan.json")
         >>> pl.Trainer(max_epochs=3).fit(module, datamodule=LMDataModule())
     """
 
@@ -64,7 +64,7 @@ class LMTrainModule(LMModule):
             apply_plan_(to_float_(self.net), self.plan, self.space)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        loss = self.lm_loss(batch, "train")
+        loss = self.task_loss(batch, "train")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -9,13 +9,13 @@ import shutil
 from typing import Any
 
 from nas_mpq.files import atomic_output
-from nas_mpq.lit import LMTrainModule, load_net_weights
+from nas_mpq.lit import TrainModule, load_net_weights
 
 from .base import StageCLI
 
 
 class PretrainCLI(StageCLI):
-    stage, model_class, result_file = "pretrain", LMTrainModule, "model.ckpt"
+    stage, model_class, result_file = "pretrain", TrainModule, "model.ckpt"
 
 
 def run(argv: list[str], callbacks: list[Any] = ()) -> int:

@@ -4,7 +4,7 @@ import torch
 
 from conftest import tiny_lm
 from nas_mpq.data import LMDataModule
-from nas_mpq.lit import FinalizeModule, LMTrainModule, SpaceConfig, SupernetModule
+from nas_mpq.lit import FinalizeModule, TrainModule, SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
 from nas_mpq.search import search_groups, uniform_plan
 from search_spaces.cnn import ResNetCNN
@@ -154,14 +154,14 @@ def test_bad_input_before_training():
 
 
 def test_uniform_qat_module_quantizes(corpus_dir):
-    module = LMTrainModule(tiny_lm(vocab=200, dim=16), uniform_bits=2)
+    module = TrainModule(tiny_lm(vocab=200, dim=16), uniform_bits=2)
     assert set(module.plan.bits.values()) == {2}
     assert all(g.choice.candidates == [2] for g in search_groups(module.net))
     w = module.net.encoder.composite_weight("weight")
     assert w.unique().numel() <= 3
     trainer(1).fit(module, datamodule=datamodule(corpus_dir))
     with pytest.raises(ValueError, match="not both"):
-        LMTrainModule(tiny_lm(), plan="p.json", uniform_bits=2)
+        TrainModule(tiny_lm(), plan="p.json", uniform_bits=2)
 
 
 def test_proximal_admm_w_step_pulls_weights_onto_the_tables(corpus_dir, tmp_path):
@@ -189,21 +189,21 @@ def test_a_space_whose_quantizer_settings_differ_from_the_plan_is_refused(tmp_pa
     with pytest.raises(ValueError, match=message):
         FinalizeModule(tiny_lm(), str(plan_path), space=SpaceConfig(method="lsq"))
     with pytest.raises(ValueError, match=r"the space sets per_channel=True, but the plan's groups \['decoder.weight'"):
-        LMTrainModule(tiny_lm(), plan=str(plan_path), space=SpaceConfig(per_channel=True))
+        TrainModule(tiny_lm(), plan=str(plan_path), space=SpaceConfig(per_channel=True))
     # the plan's own settings, or none, are accepted
     FinalizeModule(tiny_lm(), str(plan_path), space=SpaceConfig(method="uniform", per_channel=False))
-    LMTrainModule(tiny_lm(), plan=str(plan_path), space=SpaceConfig())
+    TrainModule(tiny_lm(), plan=str(plan_path), space=SpaceConfig())
 
 
 def test_learning_rate_decay_is_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\).*got 1.5"):
-        LMTrainModule(tiny_lm(), lr_decay=1.5)
+        TrainModule(tiny_lm(), lr_decay=1.5)
     with pytest.raises(ValueError, match="lr_patience must be a non-negative number of epochs, got -1"):
-        LMTrainModule(tiny_lm(), lr_decay=0.5, lr_patience=-1)
+        TrainModule(tiny_lm(), lr_decay=0.5, lr_patience=-1)
     plan_path = uniform_plan(tiny_lm(), lstm_lm_space(), 2).save(tmp_path / "plan.json")
     with pytest.raises(ValueError, match=r"lr_decay must be in \(0, 1\).*got 0.0"):
         FinalizeModule(tiny_lm(), str(plan_path), lr_decay=0.0)
-    module = LMTrainModule(tiny_lm(), lr_decay=0.5, lr_patience=2)
+    module = TrainModule(tiny_lm(), lr_decay=0.5, lr_patience=2)
     config = module.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["monitor"] == "val/ppl" and scheduler.factor == 0.5 and scheduler.patience == 2

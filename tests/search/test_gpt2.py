@@ -35,7 +35,7 @@ def batch(seed: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(seed))
 
 
-def lm_loss(net: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def task_loss(net: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     logits = net(tokens[:, :-1])
     return F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
 
@@ -60,10 +60,10 @@ def test_search_finalize_and_export_a_gpt2(tmp_path):
     net.train()
     for step in range(3):
         a_opt.zero_grad()
-        (lm_loss(net, batch(100 + step)) + reg.penalty(1.0)).backward()
+        (task_loss(net, batch(100 + step)) + reg.penalty(1.0)).backward()
         a_opt.step()
         w_opt.zero_grad()
-        lm_loss(net, batch(step)).backward()
+        task_loss(net, batch(step)).backward()
         w_opt.step()
         assert all(t.grad is not None for t in thetas)
     plan = derive_plan(net, space, budget)
@@ -78,7 +78,7 @@ def test_search_finalize_and_export_a_gpt2(tmp_path):
     opt = torch.optim.SGD(net.parameters(), lr=1e-2)
     for step in range(3):
         opt.zero_grad()
-        (lm_loss(net, batch(step)) + admm.penalty()).backward()
+        (task_loss(net, batch(step)) + admm.penalty()).backward()
         opt.step()
         admm.iterate()
     admm.finish_()

@@ -9,7 +9,7 @@ from nas_mpq.search import uniform_plan
 from search_spaces.lstm_lm import lstm_lm_space
 
 
-def lm_loss(model, batch):
+def task_loss(model, batch):
     x, y = batch
     logits, _ = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -31,7 +31,7 @@ def exact_traces(net, groups, batch):
 
     def loss(vec):
         parts = dict(zip(names, (p.reshape(s) for p, s in zip(vec.split(sizes), shapes))))
-        return lm_loss(lambda x: functional_call(net, parts, (x,)), batch)
+        return task_loss(lambda x: functional_call(net, parts, (x,)), batch)
 
     diag = torch.autograd.functional.hessian(loss, flat).diagonal()
     offsets = dict(zip(names, torch.tensor([0, *sizes]).cumsum(0).tolist()))
@@ -48,7 +48,7 @@ def exact_traces(net, groups, batch):
 def test_hutchinson_matches_exact_traces(tie):
     net, groups, batch = setup(tie)
     exact = exact_traces(net, groups, batch)
-    est = hutchinson_traces(net, lm_loss, [batch], groups, max_samples=4000, min_samples=4000, seed=0)
+    est = hutchinson_traces(net, task_loss, [batch], groups, max_samples=4000, min_samples=4000, seed=0)
     assert est.samples == [4000]
     for name in groups:
         assert est.traces[name] == pytest.approx(exact[name], rel=0.05, abs=2e-3), name
@@ -56,14 +56,14 @@ def test_hutchinson_matches_exact_traces(tie):
 
 def test_tolerance_stops_early_and_seed_reproduces():
     net, groups, batch = setup()
-    a = hutchinson_traces(net, lm_loss, [batch, batch], groups, max_samples=500, tol=1e-2, seed=3)
-    b = hutchinson_traces(net, lm_loss, [batch, batch], groups, max_samples=500, tol=1e-2, seed=3)
+    a = hutchinson_traces(net, task_loss, [batch, batch], groups, max_samples=500, tol=1e-2, seed=3)
+    b = hutchinson_traces(net, task_loss, [batch, batch], groups, max_samples=500, tol=1e-2, seed=3)
     assert a.traces == b.traces and all(10 <= k < 500 for k in a.samples)
 
 
 def test_hawq_omega_orders_bits():
     net, groups, batch = setup()
-    est = hutchinson_traces(net, lm_loss, [batch], groups, max_samples=50)
+    est = hutchinson_traces(net, task_loss, [batch], groups, max_samples=50)
     omega = hawq_omega(net, groups, est.traces, [1, 2, 4, 8, 32])
     for name, per in omega.items():
         assert per[32] == 0.0
