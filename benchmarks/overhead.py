@@ -240,11 +240,11 @@ def peak_memory(build: Callable[[], Step], batches: list[tuple]) -> int:
 
 
 def window_means(times: list[float]) -> list[float]:
-    """Mean time per batch over consecutive windows of WINDOW batches (all of them as one window
-    when there are fewer)."""
-    n = max(len(times) // WINDOW, 1)
-    size = len(times) // n
-    return [statistics.fmean(times[i * size:(i + 1) * size]) for i in range(n)]
+    """Mean time per batch over consecutive windows of exactly WINDOW batches (a remainder is
+    dropped), so every window holds the same share of arch steps."""
+    if len(times) < WINDOW:
+        raise ValueError(f"--steps must be at least {WINDOW} (one window of batches), got {len(times)}")
+    return [statistics.fmean(times[i:i + WINDOW]) for i in range(0, len(times) - WINDOW + 1, WINDOW)]
 
 
 def main() -> None:

@@ -161,6 +161,14 @@ class TaskModule(pl.LightningModule):
             batch = next(iter(evaluation_batches("train")))
             calibrate_activations_(self.net, (batch[0],))
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step, then every group's kept scales forgotten: they are kept while the
+        weight's version counter stands, which fused optimizer steps do not move (the manual
+        steps of the search clear them themselves)."""
+        super().optimizer_step(*args, **kwargs)
+        for group in search_groups(self.net):
+            group.choice.clear_stats()
+
     def training_batch_index(self, batch_idx: int) -> int:
         """The index of this training batch in the whole run (over epochs)."""
         return self.current_epoch * int(self.trainer.num_training_batches) + batch_idx

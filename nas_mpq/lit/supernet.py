@@ -10,11 +10,11 @@ The algorithm as built (defaults in brackets):
      grads; arch step;
   2. zero all grads;
   3. the training batch: L_train; backward; clip; weight step (weights and quantizer scales);
-  4. the multiplier's dual ascent `mu <- mu + dual_lr (r - 1)`, r the larger of E[S]/S_T and the
-     argmax plan's S/S_T (from `sharpen_from` on, the argmax plan's alone): it pushes bits down
-     while the plan is over budget and (below 0) up while it stays under [`penalty: lagrange`,
-     dual_lr 0.05]; on every training batch, so mu and the schedules follow the progress through
-     the search whatever `arch_every`;
+  4. after each arch step, the multiplier's dual ascent `mu <- mu + dual_lr (r - 1)`, r the
+     larger of E[S]/S_T and the argmax plan's S/S_T (from `sharpen_from` on, the argmax plan's
+     alone): it pushes bits down while the plan is over budget and (below 0) up while it stays
+     under [`penalty: lagrange`, dual_lr 0.05]; once per step on theta, so `arch_every` does not
+     change its step size (the schedules follow the progress through the search);
 - the temperature anneals geometrically tau_start -> tau_end [1.0 -> 0.2], with hard
   (straight-through one-hot) samples once tau < hard_below [0.5]; from `sharpen_from` [60 %] of
   the steps an entropy term (size-weighted: sum_g n_g H(pi_g) / sum_g n_g) ramping to
@@ -230,7 +230,7 @@ class SupernetModule(TaskModule):
         w_opt.zero_grad()
         a_opt.zero_grad()
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
-        if active and self.hparams.penalty == "lagrange":
+        if (arch_step or (active and single)) and self.hparams.penalty == "lagrange":
             self.dual.copy_(self.regularizer.update_dual(self.dual, self.hparams.dual_lr, argmax_ratio,
                                                          on_argmax=progress >= self.hparams.sharpen_from))
         with torch.no_grad():

@@ -103,7 +103,6 @@ class MixedPrecisionChoice(nn.Module):
         self.settings = settings
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
-        self._argmax: tuple[tuple[int, int], int] | None = None  # ((theta's address, version), argmax)
         self._stats: tuple[tuple, WeightStats | None] | None = None
 
     @property
@@ -118,7 +117,8 @@ class MixedPrecisionChoice(nn.Module):
 
     def set_sample(self, y: torch.Tensor | None, index: int | None = None) -> None:
         """Use y in the next forwards; `index`: y is one-hot on that candidate (a hard sample),
-        so only that candidate is quantized."""
+        so only that candidate is quantized. y None with an index: the argmax, read for this
+        forward (`record_argmax_`)."""
         self._sample, self._sample_index = y, index
 
     def shared_stats(self, w: torch.Tensor) -> WeightStats | None:
@@ -152,13 +152,13 @@ class MixedPrecisionChoice(nn.Module):
         return self.candidates[0] if self.theta is None else self.candidates[int(self.theta.argmax())]
 
     def argmax_index(self) -> int:
-        """argmax theta as a Python int: the one `refresh_argmax_` read, while theta's version
-        counter has not moved since, else read now."""
+        """argmax theta as a Python int: inside an evaluation forward the one `record_argmax_`
+        read for it, else read now."""
         if self.theta is None:
             return 0
-        if self._argmax is None or self._argmax[0] != _version_key(self.theta):
-            refresh_argmax_([self])
-        return self._argmax[1]
+        if self._sample is None and self._sample_index is not None:
+            return self._sample_index
+        return int(self.theta.argmax())
 
     def weights(self) -> torch.Tensor:
         """y for this forward: the drawn sample, else the one-hot argmax (no noise)."""
@@ -197,20 +197,18 @@ class MixedPrecisionChoice(nn.Module):
         return f"candidates={self.candidates}"
 
 
-def refresh_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:
-    """Read argmax theta of every choice (with logits) from the device in one transfer and keep it
-    (`argmax_index`): an evaluation forward then quantizes each group at its argmax alone without
-    reading each choice's logits on its own."""
+def record_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:
+    """Read argmax theta of every choice (with logits) from the device in one transfer and record
+    it as the choice's pick (`argmax_index`) until the next `set_sample`: an evaluation forward
+    then quantizes each group at its argmax alone without reading each choice's logits on its own.
+    The model's forward hooks record it before and forget it after every evaluation forward, so
+    a change of theta between forwards is always seen."""
     searched = [c for c in choices if c.theta is not None]
     if not searched:
         return
     picks = torch.stack([c.theta.detach().argmax() for c in searched]).tolist()
     for c, k in zip(searched, picks):
-        c._argmax = (_version_key(c.theta), k)
-
-
-def _version_key(t: torch.Tensor) -> tuple[int, int]:
-    return t.data_ptr(), t._version
+        c.set_sample(None, k)
 
 
 def _one_hot(k: int, like: torch.Tensor) -> torch.Tensor:

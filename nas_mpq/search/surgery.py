@@ -19,15 +19,16 @@ import copy
 import dataclasses
 import logging
 from functools import partial
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..plan import ActivationPlan, GroupPlan, PrecisionPlan
 from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_, detach_input_choices_,
                           move_input_choice)
-from .choice import GumbelSampler, MixedPrecisionChoice, refresh_argmax_
+from .choice import GumbelSampler, MixedPrecisionChoice, record_argmax_
 from .coverage import check_full_coverage, coverage_report, unsupported
 from .derive import derive_plan
 from .groups import search_groups
@@ -151,7 +152,8 @@ def _prepare(model: nn.Module, grouping: _SpaceGrouping | _PlanGrouping,
     if searched:
         sampler = sampler or GumbelSampler()
         setattr(model, _SAMPLER, sampler)
-        setattr(model, _HOOK, model.register_forward_pre_hook(partial(_resample, sampler, searched)))
+        setattr(model, _HOOK, _Hooks((model.register_forward_pre_hook(partial(_resample, sampler, searched)),
+                                      model.register_forward_hook(partial(_forget_argmax, searched)))))
     return model
 
 
@@ -207,12 +209,28 @@ def _resample(sampler: GumbelSampler, choices: list[MixedPrecisionChoice],
     """Forward pre-hook: in training, one fresh sample per choice and forward (tied layers share
     it); in evaluation none, and the argmax of every choice read at once."""
     if not model.training:
-        for choice in choices:
-            choice.sample = None
-        refresh_argmax_(choices)
+        record_argmax_(choices)
         return
     for choice, (y, index) in zip(choices, sampler.draw([c.theta for c in choices])):
         choice.set_sample(y, index)
+
+
+def _forget_argmax(choices: list[MixedPrecisionChoice], model: nn.Module, args: tuple, output: Any) -> None:
+    """Forward hook: after an evaluation forward, the argmax it recorded is forgotten (read again
+    when theta is next needed), so a later change of theta cannot meet a stale pick."""
+    if not model.training:
+        for choice in choices:
+            choice.set_sample(None)
+
+
+class _Hooks(NamedTuple):
+    """The model's sampling hooks (before and after its forward), removed together."""
+
+    handles: tuple[RemovableHandle, ...]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def get_sampler(model: nn.Module) -> GumbelSampler:
@@ -289,6 +307,8 @@ def _structure_copy(model: nn.Module) -> nn.Module:
     for a in (_SAMPLER, _HOOK):
         clone.__dict__.pop(a, None)
     clone._forward_pre_hooks.clear()
+    for handle in getattr(model, _HOOK).handles if hasattr(model, _HOOK) else ():
+        clone._forward_hooks.pop(handle.id, None)
     return to_float_(clone)
 
 

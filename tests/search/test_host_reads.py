@@ -105,14 +105,27 @@ def test_the_sampler_draws_as_one_call_per_choice():
             assert index == (int(y.argmax()) if hard else None)
 
 
-def test_the_argmax_kept_from_an_evaluation_forward_follows_later_changes():
+@pytest.mark.parametrize("write", ["copy_", "data", "fused_adam"])
+def test_an_evaluation_forward_sees_theta_as_it_is_then(write):
+    """The argmax an evaluation forward records is forgotten after it: theta changed in place,
+    through .data (no version bump) or by a fused optimizer step is seen by the next forward and
+    by a direct composite call."""
     net, x = supernet("lstm")
     net.eval()
+    groups = search_groups(net)
     with torch.no_grad():
         loss_of(net, x)
-        for g in search_groups(net):
-            g.choice.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0]))  # every group at 32 bits
-    for g in search_groups(net):
+    at_32 = torch.tensor([0.0, 0.0, 0.0, 0.0, 9.0])
+    if write == "fused_adam":
+        thetas = [g.choice.theta for g in groups]
+        for t in thetas:
+            t.grad = -at_32.clone()
+        torch.optim.Adam(thetas, lr=100.0, fused=True).step()  # every group's argmax to 32 bits
+    else:
+        with torch.no_grad():
+            for g in groups:
+                (g.choice.theta.data if write == "data" else g.choice.theta).copy_(at_32)
+    for g in groups:
         assert g.choice.active_candidates() == (4,)
         assert torch.equal(g.choice.composite(g.plan.view(g.weight)), g.plan.view(g.weight))
 
