@@ -133,7 +133,8 @@ def supernet_step(s: Setup) -> Step:
 
 def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
     """One iteration of SupernetModule's search: on every arch_every-th batch the arch step on
-    the search batch, then the weight step on the batch, then the multiplier's update."""
+    the search batch, then the weight step on the batch, then (after an arch step) the
+    multiplier's update."""
     net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
     budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
@@ -148,10 +149,12 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
         opt.step()
 
     def step(batch: tuple) -> None:
-        if next(batches) % arch_every == 0:
+        arch_step = next(batches) % arch_every == 0
+        if arch_step:
             update(loss_of(net, search_batch) + budget.penalty(mu, 5.0), a_opt, theta, 5.0)
         update(loss_of(net, batch), w_opt, weights, 1.0)
-        mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
+        if arch_step:
+            mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
     return step
 
 
