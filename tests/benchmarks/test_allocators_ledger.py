@@ -111,3 +111,18 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(bench_env):
     (folder / "checkpoints" / "last.ckpt").write_text("state")  # killed mid-search: no metrics.json
     bench.search(folder, 2.0, 0)
     assert calls[-1][0] == "search" and calls[-1][2] == ["--overwrite", "true", "--resume", "last"]
+
+
+def test_the_frozen_arm_searches_from_kl_with_the_weights_frozen(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    for arm in ("nas_kl", "nas_kl_frozen"):
+        alloc.run_arm(bench, arm, 2.0, [0], [1, 2, 4, 8, 32])
+    searches = {name: json.loads((tmp / "runs" / "avg2" / name / "bench_run.json").read_text())["args"]
+                for name in ("nas-kl-s0", "nas-kl-frozen-s0")}
+    kl = str(tmp / "runs" / "avg2" / "sens-kl" / "sensitivity.json")
+    assert searches["nas-kl-frozen-s0"] == [*searches["nas-kl-s0"], "--model.optimizer.lr", "0.0"]
+    assert searches["nas-kl-s0"][-2:] == ["--model.init_sensitivity", kl]
+    assert [c[:2] for c in calls].count(("sensitivity", "sens-kl")) == 1  # one KL run serves both arms
+    assert ("finalize", "fin-nas_kl_frozen-s0") in [c[:2] for c in calls]
