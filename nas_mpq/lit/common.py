@@ -16,7 +16,8 @@ from torchmetrics import MeanMetric
 
 from nas_mpq.metrics import forward_batch, perplexity
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import GroupRule, SearchSpace, activation_groups, calibrate_activations_, search_groups
+from nas_mpq.search import (GroupRule, MixedPrecisionChoice, SearchSpace, activation_groups, calibrate_activations_,
+                            search_groups)
 from search_spaces import build_space
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
@@ -162,12 +163,18 @@ class TaskModule(pl.LightningModule):
             calibrate_activations_(self.net, (batch[0],))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimizer's step, then every group's kept scales forgotten: they are kept while the
-        weight's version counter stands, which fused optimizer steps do not move (the manual
-        steps of the search clear them themselves)."""
+        """The optimizer's step, then the kept scales forgotten (the search's manual steps call
+        `clear_fitted_scales` themselves)."""
         super().optimizer_step(*args, **kwargs)
-        for group in search_groups(self.net):
-            group.choice.clear_stats()
+        self.clear_fitted_scales()
+
+    def clear_fitted_scales(self) -> None:
+        """Forget every choice's kept scales after the weights changed: they are kept while a
+        weight's version counter stands, which fused optimizer steps and writes through `.data`
+        do not move. A walk over the modules, no group is built or read from the device."""
+        for module in self.net.modules():
+            if isinstance(module, MixedPrecisionChoice):
+                module.clear_stats()
 
     def training_batch_index(self, batch_idx: int) -> int:
         """The index of this training batch in the whole run (over epochs)."""

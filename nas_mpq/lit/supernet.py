@@ -224,7 +224,7 @@ class SupernetModule(TaskModule):
         self.manual_backward(total)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         w_opt.step()
-        self._clear_scales()
+        self.clear_fitted_scales()
         if active and single:
             a_opt.step()
         w_opt.zero_grad()
@@ -239,10 +239,6 @@ class SupernetModule(TaskModule):
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
-
-    def _clear_scales(self) -> None:
-        for choice in self.regularizer.choices:
-            choice.clear_stats()
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def derive_plan(self) -> PrecisionPlan:
@@ -260,5 +256,5 @@ class SupernetModule(TaskModule):
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
-        self._clear_scales()
+        self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)
