@@ -149,7 +149,7 @@ class MixedPrecisionChoice(nn.Module):
         return torch.softmax(self.theta, dim=0)
 
     def argmax_bits(self) -> int:
-        return self.candidates[0] if self.theta is None else self.candidates[int(self.theta.argmax())]
+        return self.candidates[self.argmax_index()]
 
     def argmax_index(self) -> int:
         """argmax theta as a Python int: inside an evaluation forward the one `record_argmax_`
