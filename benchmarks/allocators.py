@@ -13,6 +13,9 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/nas-kl-s<k>/      NAS search initialised from the KL sensitivity, seed k
   avg<B>/nas-kl-frozen-s<k>/  the same with the weights frozen during the search (weight lr 0):
                            only the choices move, judged on the FP32 weights
+  avg<B>/nas-frozen-s<k>/  the post-training search (<configs>/search_frozen.yaml: the choices alone
+                           on the FP32 weights, the best validated epoch's plan), from the prior
+  avg<B>/nas-hessian-frozen-s<k>/  the same, initialised from the Hessian sensitivity
   avg<B>/uniform<b>/       the uniform b-bit plan (only where b bits is exactly B)
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
@@ -52,7 +55,8 @@ from matplotlib.figure import Figure
 from nas_mpq.files import write_atomic
 from nas_mpq.stages.run import restart_flags
 
-ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued", "nas_kl_frozen")
+ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued", "nas_kl_frozen",
+        "nas_frozen", "nas_hessian_frozen")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
 run in several processes side by side (`--arms`), sharing one --ledger."""
 
@@ -211,10 +215,11 @@ class Bench:
                         folder)
         return folder / "plan.json"
 
-    def search(self, folder: Path, budget: float, seed: int, init: Path | None = None, frozen: bool = False) -> Path:
+    def search(self, folder: Path, budget: float, seed: int, init: Path | None = None, frozen: bool = False,
+               config: str = "search") -> Path:
         more = ["--model.init_sensitivity", str(init)] if init is not None else []
         more += ["--model.optimizer.lr", "0.0"] if frozen else []
-        self.after_fp32(["search", "--config", self.cfg("search"), "--init_ckpt", self.fp32_ckpt,
+        self.after_fp32(["search", "--config", self.cfg(config), "--init_ckpt", self.fp32_ckpt,
                          "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
                          *more], folder)
         return folder / "plan.json"
@@ -257,6 +262,12 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
         plan = bench.sensitivity(base / f"random-s{seed}", "random", budget, seed)
     elif arm == "nas":
         plan = bench.search(base / f"nas-s{seed}", budget, seed)
+    elif arm == "nas_frozen":
+        plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config="search_frozen")
+    elif arm == "nas_hessian_frozen":
+        bench.sensitivity(base / "sens-hessian", "hessian", budget)
+        plan = bench.search(base / f"nas-hessian-frozen-s{seed}", budget, seed,
+                            base / "sens-hessian" / "sensitivity.json", config="search_frozen")
     else:  # nas_kl, nas_kl_frozen
         bench.sensitivity(base / "sens-kl", "kl", budget)
         frozen = arm == "nas_kl_frozen"

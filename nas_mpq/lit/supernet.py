@@ -20,10 +20,15 @@ The algorithm as built (defaults in brackets):
   the steps an entropy term (size-weighted: sum_g n_g H(pi_g) / sum_g n_g) ramping to
   `entropy_weight` [0.02] drives pi towards one-hot, so the
   expectation that the budget term sees and the argmax plan agree at the end.
+`train_weights=False` searches the choices alone on the network's weights as they are (a
+post-training search: the training batch only keeps time, no weight step, no weight gradients,
+each weight's scales fitted once); set `warmup_fraction: 0` with it.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up. Validation runs the argmax plan (no noise).
-The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py).
+The derived plan is the last argmax [`plan_from: last`], or (`best_val`) the argmax of the epoch
+whose argmax plan had the lowest validation perplexity among those within the budget (the last
+epoch's when none was), repaired to the budget by a size-priced knapsack (knapsack.py).
 """
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
+
+
+PLAN_FROM = ("best_val", "last")
+"""Which epoch's choices the derived plan takes (SupernetModule's `plan_from`)."""
 
 
 def _default_weight_optimizer(params) -> torch.optim.Optimizer:
@@ -72,6 +81,7 @@ class SupernetModule(TaskModule):
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
+                 train_weights: bool = True, plan_from: str = "last",
                  init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
@@ -94,6 +104,11 @@ class SupernetModule(TaskModule):
         if isinstance(arch_every, bool) or not isinstance(arch_every, int) or arch_every < 1:
             raise ValueError(f"arch_every must be a positive integer (the choices step on every arch_every-th "
                              f"training batch), got {arch_every!r}")
+        if plan_from not in PLAN_FROM:
+            raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
+        if single_level and not train_weights:
+            raise ValueError("single_level=True steps the weights and the choices on one loss; it needs "
+                             "train_weights=True")
         if single_level and arch_every != 1:
             raise ValueError(f"arch_every={arch_every} needs the bi-level search; single_level steps the choices "
                              "on every training batch")
@@ -112,6 +127,12 @@ class SupernetModule(TaskModule):
         elif init_prior:
             self.regularizer.init_prior_()
         self._search_iter: Iterator | None = None
+        self.best_choices: dict[str, Any] | None = None  # {"epoch", "val_ppl", "theta": {group: logits}}
+        if not train_weights:
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+            for theta in self.arch_parameters():
+                theta.requires_grad_(True)
 
     # ---- set-up ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -145,12 +166,18 @@ class SupernetModule(TaskModule):
         self.regularizer.init_prior_(base=[torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates])
                                            for g in groups])
 
+    def choice_logits(self) -> dict[str, nn.Parameter]:
+        """theta of every searched choice (weight and activation groups), by group name."""
+        groups = search_groups(self.net) + activation_groups(self.net)
+        return {g.name: g.choice.theta for g in groups if g.choice.theta is not None}
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        choices = [g.choice for g in search_groups(self.net)] + [a.choice for a in activation_groups(self.net)]
-        return [c.theta for c in choices if c.theta is not None]
+        return list(self.choice_logits().values())
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         arch = self.arch_parameters()
+        if not self.hparams.train_weights:
+            return [self.arch_factory(arch)]
         return [self.weight_factory(weight_param_groups(self.net, exclude=arch)), self.arch_factory(arch)]
 
     # ---- schedules ------------------------------------------------------------------------------
@@ -202,8 +229,8 @@ class SupernetModule(TaskModule):
         terms = self.regularizer.penalty(weight, quadratic)
         return terms + sharpen * self.regularizer.size_weighted_entropy() if sharpen > 0 else terms
 
-    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        w_opt, a_opt = self.optimizers()
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
+        w_opt, a_opt = self.optimizers() if self.hparams.train_weights else (None, self.optimizers())
         progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
         self.sampler.tau = tau
@@ -217,37 +244,79 @@ class SupernetModule(TaskModule):
                                 gradient_clip_algorithm="norm")
             a_opt.step()
             self.log("search/loss", arch_loss)
-        w_opt.zero_grad()
         a_opt.zero_grad()
-        loss = self.task_loss(batch, "train")
-        total = loss + self._arch_terms(weight, sharpen) if active and single else loss
-        self.manual_backward(total)
-        self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
-        w_opt.step()
-        self.clear_fitted_scales()
-        if active and single:
-            a_opt.step()
-        w_opt.zero_grad()
-        a_opt.zero_grad()
+        loss = None if w_opt is None else self._weight_step(batch, w_opt, a_opt, weight, sharpen, active and single)
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if (arch_step or (active and single)) and self.hparams.penalty == "lagrange":
             self.dual.copy_(self.regularizer.update_dual(self.dual, self.hparams.dual_lr, argmax_ratio,
                                                          on_argmax=progress >= self.hparams.sharpen_from))
         with torch.no_grad():
-            self.log_dict({"train/loss": loss, "arch/expected_bits": self.regularizer.expected_avg_bits(),
+            self.log_dict({**({} if loss is None else {"train/loss": loss}),
+                           "arch/expected_bits": self.regularizer.expected_avg_bits(),
                            "arch/argmax_ratio": argmax_ratio.float(),
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
 
+    def _weight_step(self, batch: tuple, w_opt, a_opt, weight: float | torch.Tensor, sharpen: float,
+                     single: bool) -> torch.Tensor:
+        """The training batch's loss (plus the budget terms when single-level); the weight step (and
+        the choices' when single-level)."""
+        w_opt.zero_grad()
+        loss = self.task_loss(batch, "train")
+        self.manual_backward(loss + self._arch_terms(weight, sharpen) if single else loss)
+        self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        w_opt.step()
+        self.clear_fitted_scales()
+        if single:
+            a_opt.step()
+        w_opt.zero_grad()
+        a_opt.zero_grad()
+        return loss
+
     # ---- results and checkpoints ----------------------------------------------------------------
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if not self.trainer.sanity_checking and self.val_history:
+            self.keep_if_best(self.val_history[-1], len(self.val_history) - 1)
+
+    def keep_if_best(self, val_ppl: float, epoch: int) -> bool:
+        """Keep the choices as they are now when their argmax plan is within the budget and
+        `val_ppl` (its validation perplexity) is the lowest kept so far; True when kept."""
+        within = bool(self.regularizer.argmax_measure() <= self.regularizer.capacity)
+        if not within or (self.best_choices is not None and val_ppl >= self.best_choices["val_ppl"]):
+            return False
+        self.best_choices = {"epoch": epoch, "val_ppl": val_ppl,
+                             "theta": {n: t.detach().clone() for n, t in self.choice_logits().items()}}
+        return True
+
     def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan, repaired to meet the budget (plan.extra["repair"] says how far)."""
-        return derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
+        """The argmax plan (of the best validated epoch within the budget with `plan_from:
+        best_val`), repaired to meet the budget (plan.extra["repair"] says how far,
+        plan.extra["search_epoch"] which epoch's choices it is)."""
+        best = self.best_choices if self.hparams.plan_from == "best_val" else None
+        if best is None:
+            plan = derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
+            plan.extra["search_epoch"] = {"epoch": len(self.val_history) - 1,
+                                          "val_ppl": self.val_history[-1] if self.val_history else None}
+            return plan
+        logits = self.choice_logits()
+        now = {n: t.detach().clone() for n, t in logits.items()}
+        with torch.no_grad():
+            try:
+                for n, t in logits.items():
+                    t.copy_(best["theta"][n])
+                plan = derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
+            finally:
+                for n, t in logits.items():
+                    t.copy_(now[n])
+        plan.extra["search_epoch"] = {"epoch": best["epoch"], "val_ppl": best["val_ppl"]}
+        return plan
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["nas_mpq"]["sampler"] = self.sampler.state_dict()
+        checkpoint["nas_mpq"]["best_choices"] = self.best_choices
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nas_mpq")
@@ -255,6 +324,7 @@ class SupernetModule(TaskModule):
             raise ValueError("checkpoint has no search state (choices' sampler); it was not written "
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
+        self.best_choices = state.get("best_choices")
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)

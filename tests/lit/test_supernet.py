@@ -257,3 +257,49 @@ def test_choices_from_a_sensitivity_start_at_its_plan_on_the_budget(tmp_path):
     assert float(seeded.regularizer.expected_avg_bits()) == pytest.approx(2.0, rel=1e-4)
     bits = [g.choice.argmax_bits() for g in search_groups(seeded.net) if g.choice.theta is not None]
     assert bits[-1] > bits[0] and bits[-1] >= 4 and bits[0] == 1, bits
+
+
+def test_a_post_training_search_moves_the_choices_alone(corpus_dir):
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.0,
+                            train_weights=False)
+    arch = {id(t) for t in module.arch_parameters()}
+    before = {n: p.detach().clone() for n, p in module.net.named_parameters() if id(p) not in arch}
+    prior = thetas(module)
+    trainer().fit(module, datamodule=datamodule(corpus_dir))
+    for n, p in module.net.named_parameters():
+        if id(p) not in arch:
+            assert torch.equal(p, before[n]), n
+            assert p.grad is None, n  # no weight gradient was computed
+    assert not torch.equal(thetas(module), prior)
+    assert "train/loss" not in module.trainer.callback_metrics  # no training batch went through the net
+    assert "search/loss" in module.trainer.callback_metrics
+    with pytest.raises(ValueError, match="single_level=True .* needs train_weights=True"):
+        SupernetModule(tiny_lm(), single_level=True, train_weights=False)
+
+
+def test_the_plan_is_the_best_validated_choices_within_the_budget():
+    module = SupernetModule(tiny_lm(), budget=Budget("avg_bits", 2.0), plan_from="best_val")
+    groups = search_groups(module.net)
+
+    def favour(bits_of):  # theta with argmax at bits_of(group)
+        with torch.no_grad():
+            for g in groups:
+                g.choice.theta.copy_(torch.tensor([5.0 if b == bits_of(g) else 0.0 for b in g.choice.candidates]))
+
+    favour(lambda g: 1)
+    assert module.keep_if_best(120.0, 0)
+    favour(lambda g: 32)  # over the budget: never kept, however good
+    assert not module.keep_if_best(90.0, 1)
+    favour(lambda g: 2)
+    assert not module.keep_if_best(125.0, 2)  # worse than the kept epoch
+    assert module.keep_if_best(110.0, 3)
+    favour(lambda g: 1)
+    after = thetas(module)
+    plan = module.derive_plan()
+    assert set(plan.bits.values()) == {2} and plan.extra["search_epoch"] == {"epoch": 3, "val_ppl": 110.0}
+    assert torch.equal(thetas(module), after)  # the choices themselves are left as they were
+    module.hparams.plan_from = "last"
+    assert set(module.derive_plan().bits.values()) == {1}
+    with pytest.raises(ValueError, match=r"plan_from must be one of \('best_val', 'last'\), got 'best'"):
+        SupernetModule(tiny_lm(), plan_from="best")
