@@ -68,7 +68,7 @@ def config(tmp_path, corpus_dir):
         "pretrain": {"trainer": TRAINER, "model": {"net": NET}},
         "search": {"trainer": TRAINER, "model": {"net": NET, "space": {"name": "lstm_lm"},
                                                  "budget": {"kind": "avg_bits", "value": 2.0},
-                                                 "warmup_fraction": 0.1, "ramp_fraction": 0.2}},
+                                                 "warmup_fraction": 0.1, "ramp_fraction": 0.2, "plan_from": "best_val"}},
         "finalize": {"trainer": TRAINER, "model": {"net": NET, "method": "admm", "rho": 0.01, "rho_growth": 1.5,
                                                    "admm_every": 2}},
     }

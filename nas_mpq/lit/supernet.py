@@ -25,10 +25,10 @@ post-training search: the training batch only keeps time, no weight step, no wei
 each weight's scales fitted once); set `warmup_fraction: 0` with it.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
-two-sided), lambda ramped linearly after the warm-up. Validation runs the argmax plan (no noise).
-The derived plan is the last argmax [`plan_from: last`], or (`best_val`) the argmax of the epoch
-whose argmax plan had the lowest validation perplexity among those within the budget (the last
-epoch's when none was), repaired to the budget by a size-priced knapsack (knapsack.py).
+two-sided), lambda ramped linearly after the warm-up. The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py),
+of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
+(`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
+would return at that point (the repaired argmax), so the plan returned is one that was validated.
 """
 from __future__ import annotations
 
@@ -275,24 +275,35 @@ class SupernetModule(TaskModule):
         return loss
 
     # ---- results and checkpoints ----------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.plan_from == "best_val":
+            self.pin_evaluation(derive_plan(self.net, self.space, self.budget, self.hparams.min_fill))
+
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
+        if self.hparams.plan_from != "best_val":
+            return
+        self.pin_evaluation(None)
         if not self.trainer.sanity_checking and self.val_history:
             self.keep_if_best(self.val_history[-1], len(self.val_history) - 1)
 
+    def pin_evaluation(self, plan: PrecisionPlan | None) -> None:
+        """Evaluation forwards run `plan` (None: the argmax again); training samples are unaffected."""
+        bits = {} if plan is None else {**plan.bits, **plan.activation_bits}
+        for g in search_groups(self.net) + activation_groups(self.net):
+            g.choice.pinned = g.choice.candidates.index(bits[g.name]) if bits else None
+
     def keep_if_best(self, val_ppl: float, epoch: int) -> bool:
-        """Keep the choices as they are now when their argmax plan is within the budget and
-        `val_ppl` (its validation perplexity) is the lowest kept so far; True when kept."""
-        within = bool(self.regularizer.argmax_measure() <= self.regularizer.capacity)
-        if not within or (self.best_choices is not None and val_ppl >= self.best_choices["val_ppl"]):
+        """Keep the choices as they are now when `val_ppl` (the validation perplexity of the plan
+        derived from them) is the lowest so far; True when kept."""
+        if self.best_choices is not None and val_ppl >= self.best_choices["val_ppl"]:
             return False
         self.best_choices = {"epoch": epoch, "val_ppl": val_ppl,
                              "theta": {n: t.detach().clone() for n, t in self.choice_logits().items()}}
         return True
 
     def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan (of the best validated epoch within the budget with `plan_from:
-        best_val`), repaired to meet the budget (plan.extra["repair"] says how far,
+        """The argmax plan (of the best validated epoch with `plan_from: best_val`), repaired to meet the budget (plan.extra["repair"] says how far,
         plan.extra["search_epoch"] which epoch's choices it is)."""
         best = self.best_choices if self.hparams.plan_from == "best_val" else None
         if best is None:

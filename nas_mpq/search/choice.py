@@ -103,6 +103,7 @@ class MixedPrecisionChoice(nn.Module):
         self.settings = settings
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
+        self.pinned: int | None = None  # the candidate evaluation forwards use instead of the argmax
         self._stats: tuple[tuple, WeightStats | None] | None = None
 
     @property
@@ -199,11 +200,15 @@ class MixedPrecisionChoice(nn.Module):
 
 def record_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:
     """Read argmax theta of every choice (with logits) from the device in one transfer and record
-    it as the choice's pick (`argmax_index`) until the next `set_sample`: an evaluation forward
+    it as the choice's pick (`argmax_index`) until the next `set_sample` (a choice's `pinned`
+    candidate instead of its argmax, where one is set): an evaluation forward
     then quantizes each group at its argmax alone without reading each choice's logits on its own.
     The model's forward hooks record it before and forget it after every evaluation forward, so
     a change of theta between forwards is always seen."""
-    searched = [c for c in choices if c.theta is not None]
+    for c in choices:
+        if c.theta is not None and c.pinned is not None:
+            c.set_sample(None, c.pinned)
+    searched = [c for c in choices if c.theta is not None and c.pinned is None]
     if not searched:
         return
     picks = torch.stack([c.theta.detach().argmax() for c in searched]).tolist()

@@ -278,28 +278,43 @@ def test_a_post_training_search_moves_the_choices_alone(corpus_dir):
         SupernetModule(tiny_lm(), single_level=True, train_weights=False)
 
 
-def test_the_plan_is_the_best_validated_choices_within_the_budget():
+def test_the_plan_is_the_best_validated_choices():
     module = SupernetModule(tiny_lm(), budget=Budget("avg_bits", 2.0), plan_from="best_val")
     groups = search_groups(module.net)
 
-    def favour(bits_of):  # theta with argmax at bits_of(group)
+    def favour(bits):
         with torch.no_grad():
             for g in groups:
-                g.choice.theta.copy_(torch.tensor([5.0 if b == bits_of(g) else 0.0 for b in g.choice.candidates]))
+                g.choice.theta.copy_(torch.tensor([5.0 if b == bits else 0.0 for b in g.choice.candidates]))
 
-    favour(lambda g: 1)
-    assert module.keep_if_best(120.0, 0)
-    favour(lambda g: 32)  # over the budget: never kept, however good
-    assert not module.keep_if_best(90.0, 1)
-    favour(lambda g: 2)
-    assert not module.keep_if_best(125.0, 2)  # worse than the kept epoch
-    assert module.keep_if_best(110.0, 3)
-    favour(lambda g: 1)
+    favour(2)
+    assert module.keep_if_best(110.0, 0)
+    favour(1)
+    assert not module.keep_if_best(120.0, 1)  # worse than the kept epoch
     after = thetas(module)
     plan = module.derive_plan()
-    assert set(plan.bits.values()) == {2} and plan.extra["search_epoch"] == {"epoch": 3, "val_ppl": 110.0}
+    assert set(plan.bits.values()) == {2} and plan.extra["search_epoch"] == {"epoch": 0, "val_ppl": 110.0}
     assert torch.equal(thetas(module), after)  # the choices themselves are left as they were
     module.hparams.plan_from = "last"
     assert set(module.derive_plan().bits.values()) == {1}
     with pytest.raises(ValueError, match=r"plan_from must be one of \('best_val', 'last'\), got 'best'"):
         SupernetModule(tiny_lm(), plan_from="best")
+
+
+def test_the_plan_returned_is_the_plan_validated(corpus_dir, tmp_path):
+    """With plan_from best_val each epoch validates the plan the search would return then (the
+    repaired argmax), and the search returns the best of them: the same plan, applied to the same
+    (frozen) weights, validates to the figure the search recorded for it."""
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.0,
+                            train_weights=False, plan_from="best_val", min_fill=0.99)
+    trainer(3).fit(module, datamodule=datamodule(corpus_dir))
+    best = module.best_choices
+    assert best["val_ppl"] == min(module.val_history) == module.val_history[best["epoch"]]
+    plan = module.derive_plan()
+    assert plan.meets_budget() and plan.extra["search_epoch"]["epoch"] == best["epoch"]
+    plan.save(tmp_path / "plan.json")
+    check = TrainModule(tiny_lm(vocab=200, dim=16), plan=str(tmp_path / "plan.json"))
+    val = trainer().validate(check, datamodule=datamodule(corpus_dir), verbose=False)[0]["val/ppl"]
+    assert val == pytest.approx(best["val_ppl"], rel=1e-4)
+    assert all(g.choice.pinned is None for g in search_groups(module.net))  # pins last one validation
