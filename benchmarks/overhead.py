@@ -89,7 +89,7 @@ def setup(name: str) -> Setup:
     if name == "transformer_lm":
         return Setup(f"transformer_lm 2 layers d128 4 heads, per-head groups, vocab {vocab}, batch 32x64",
                      lambda: TransformerLM(vocab, 128, 4, 2, max_len=64, dropout=0.2),
-                     transformer_lm_space(CANDIDATES, granularity="head", blocks=4), dm)
+                     transformer_lm_space(CANDIDATES, grouping="head", blocks=4), dm)
     return Setup(f"lstm_lm 2x256, vocab {vocab}, batch 32x35", lambda: LSTMLM(vocab, 256, 256, 2, dropout=0.5),
                  lstm_lm_space(CANDIDATES), dm)
 

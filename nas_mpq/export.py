@@ -236,9 +236,9 @@ def _build_network(header: Mapping[str, Any], path: Path, allowed: Iterable[str]
     checked with its arguments before it is built."""
     plan: PrecisionPlan = header["plan"]
     if header["model_class"] is None:
-        cls = get_search_space(plan.search_space).model_cls
+        cls = get_search_space(plan.space_name).model_cls
         check_allowed_module(cls.__module__, f"{path}: network class {cls.__qualname__} of search space "
-                             f"{plan.search_space!r}", allowed)
+                             f"{plan.space_name!r}", allowed)
     else:
         try:
             cls = allowed_class(header["model_class"], allowed, base=nn.Module)

@@ -20,13 +20,17 @@ from .quant.activation import check_activation_bits
 from .quant.functional import check_bits
 from .quant.quantizers import QuantizerSettings
 
-PLAN_FORMAT = "nas-mpq.plan/3"
-READABLE_FORMATS = ("nas-mpq.plan/1", "nas-mpq.plan/2", PLAN_FORMAT)
+PLAN_FORMAT = "nas-mpq.plan/4"
+READABLE_FORMATS = ("nas-mpq.plan/1", "nas-mpq.plan/2", "nas-mpq.plan/3", PLAN_FORMAT)
 """Version 2 added a group's `axis` (column slices), `macs` and `layer` (for BitOps budgets), the
 budget kind "bitops" and `activations` (input bit-width per layer); version 3 a group's quantizer
-settings (`method`, `per_channel`), so a plan applies without its search space. Older files read
-as version 3: without the version-2 fields, with method "uniform" and per-row scales where a
-group stores more than one scale (the setting the scale count shows)."""
+settings (`method`, `per_channel`), so a plan applies without its search space; version 4 names
+the search space `space_name` (`search_space` before). Older files read as version 4: their
+`search_space` as `space_name`, without the version-2 fields, and before version 3 with method
+"uniform" and per-row scales where a group stores more than one scale (the setting the scale count
+shows)."""
+SETTINGS_FORMATS = ("nas-mpq.plan/3", PLAN_FORMAT)
+"""The formats whose groups record their quantizer settings."""
 BUDGET_KINDS = ("avg_bits", "compression", "size_mb", "bitops")
 SCALE_BITS = 32
 FLOAT_BITS = 32
@@ -210,7 +214,7 @@ class Budget:
             return min(self.group_cost(groups[n], b, act) for b in candidates[n] if allow_zero or b != 0)
 
         least = sum(cheapest(n) for n in groups) + self.fixed_cost(fixed_numel)
-        for names in layers(groups).values():
+        for names in groups_by_param(groups).values():
             if all(0 in candidates[n] for n in names):
                 least += min(cheapest(n, allow_zero=False) - cheapest(n) for n in names)
         return least
@@ -245,7 +249,7 @@ def _named(what: str, check: Callable[[int], int], bits: int) -> None:
 
 def _group_from_dict(g: Mapping[str, Any], fmt: str) -> GroupPlan:
     scales = int(g.get("scales", 1))
-    if fmt == PLAN_FORMAT:
+    if fmt in SETTINGS_FORMATS:
         settings = {"method": g["method"], "per_channel": g["per_channel"]}
     else:  # written before groups carried their settings
         settings = {"method": "uniform", "per_channel": scales > 1}
@@ -254,8 +258,8 @@ def _group_from_dict(g: Mapping[str, Any], fmt: str) -> GroupPlan:
                      int(g["macs"]) if g.get("macs") is not None else None, g.get("layer"), **settings)
 
 
-def layers(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
-    """Group names by the parameter (layer weight) they slice."""
+def groups_by_param(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
+    """Group names by the qualified name of the parameter they slice (GroupPlan.param)."""
     out: dict[str, list[str]] = {}
     for n, g in groups.items():
         out.setdefault(g.param, []).append(n)
@@ -264,9 +268,10 @@ def layers(groups: Mapping[str, GroupPlan]) -> dict[str, list[str]]:
 
 @dataclass
 class PrecisionPlan:
-    """Bits per weight group, keyed by group name (e.g. "rnn.weight_ih_l0:i")."""
+    """Bits per weight group, keyed by group name (e.g. "rnn.weight_ih_l0:i"), for the search
+    space named `space_name` (the `name` of the space config that made it)."""
 
-    search_space: str
+    space_name: str
     candidates: list[int]
     groups: dict[str, GroupPlan]
     fixed_numel: int
@@ -310,7 +315,7 @@ class PrecisionPlan:
         """The plan with new weight bits (and, for the layers in `act_bits`, new input bits)."""
         groups = {n: replace(g, bits=check_bits(bits[n])) for n, g in self.groups.items()}
         acts = {n: replace(a, bits=(act_bits or {}).get(n, a.bits)) for n, a in self.activations.items()}
-        return PrecisionPlan(self.search_space, self.candidates, groups, self.fixed_numel,
+        return PrecisionPlan(self.space_name, self.candidates, groups, self.fixed_numel,
                              self.budget, dict(self.extra), acts)
 
     # ---- serialisation -------------------------------------------------------------------------
@@ -331,7 +336,7 @@ class PrecisionPlan:
                 d["probs"] = [round(float(p), 6) for p in g.probs]
             groups[n] = d
         return {
-            "format": PLAN_FORMAT, "search_space": self.search_space, "candidates": self.candidates,
+            "format": PLAN_FORMAT, "space_name": self.space_name, "candidates": self.candidates,
             "budget": None if self.budget is None else {"kind": self.budget.kind, "value": self.budget.value},
             "groups": groups, "fixed_numel": self.fixed_numel,
             "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
@@ -355,9 +360,10 @@ class PrecisionPlan:
             acts = {n: ActivationPlan(int(a["bits"]), tuple(a["probs"]) if a.get("probs") else None)
                     for n, a in (d.get("activations") or {}).items()}
             budget = Budget(**d["budget"]) if d.get("budget") else None
-            known = {"format", "search_space", "candidates", "budget", "groups", "fixed_numel",
+            space_key = "space_name" if d["format"] == PLAN_FORMAT else "search_space"
+            known = {"format", space_key, "candidates", "budget", "groups", "fixed_numel",
                      "size_bits", "fp32_size_bits", "compression", "avg_bits", "activations"}
-            plan = cls(d["search_space"], list(d["candidates"]), groups, int(d["fixed_numel"]),
+            plan = cls(d[space_key], list(d["candidates"]), groups, int(d["fixed_numel"]),
                        budget, {k: v for k, v in d.items() if k not in known}, acts)
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{source}: malformed plan, missing or bad field {e}") from None

@@ -40,7 +40,7 @@ def plot_plan(plan: PrecisionPlan, path: str | Path) -> Path:
     ax.set_yticks(ticks, [str(b) for b in ticks])
     ax.set_ylabel("bits")
     r = plan.size()
-    ax.set_title(f"{plan.search_space}: avg {r.avg_bits:.2f} bits, {r.compression:.1f}x vs FP32")
+    ax.set_title(f"{plan.space_name}: avg {r.avg_bits:.2f} bits, {r.compression:.1f}x vs FP32")
     handles = [Rectangle((0, 0), 1, 1, color=colour[p]) for p in layers]
     ax.legend(handles, layers, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)

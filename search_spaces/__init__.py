@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from nas_mpq.search.space import GroupRule, SearchSpace
+from nas_mpq.search.space import GroupRule, SearchSpace, as_rule, check_renamed
 
 RULE_SPACE_OPTIONS = ("candidates", "method", "per_channel", "activation_candidates")
 """The options of a space made of rules alone (the others belong to the registered spaces)."""
@@ -40,6 +40,7 @@ class SearchSpaceEntry:
         return self.model_cls(**kwargs)
 
     def space(self, **overrides: Any) -> SearchSpace:
+        check_renamed(overrides, f"search space {self.name!r}")
         options = list(inspect.signature(self.space_fn).parameters)
         unknown = sorted(set(overrides) - set(options))
         if unknown:
@@ -82,8 +83,9 @@ def build_space(name: str, rules: list[GroupRule | Mapping[str, Any]] | None = N
     its own (first match wins); for a name nobody registered, the space of `rules` alone (an
     empty list searches every searchable layer with the defaults), taking RULE_SPACE_OPTIONS.
     `full_coverage` demands that every weight matrix be searched or excluded by a rule."""
+    check_renamed(options, f"search space {name!r}")
     options = {k: v for k, v in options.items() if v is not None}
-    own = [r if isinstance(r, GroupRule) else GroupRule(**r) for r in rules or []]
+    own = [as_rule(r) for r in rules or []]
     if name in _REGISTRY:
         space = _REGISTRY[name].space(**options)
         return dataclasses.replace(space, rules=[*own, *space.rules], full_coverage=bool(full_coverage))

@@ -1,6 +1,6 @@
 """A small residual CNN for small images (the 8 x 8 digits that ship with scikit-learn) and its
 default search space: one group per convolution and for the classifier, or with
-`granularity="block"` `blocks` groups of output channels per convolution, where `prune` adds the
+`grouping="block"` `blocks` groups of output channels per convolution, where `prune` adds the
 0-bit candidate (a block of channels can be removed; never every block of a layer). BatchNorm
 parameters and biases stay FP32.
 """
@@ -10,29 +10,28 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates
+from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates, check_grouping
 
 from . import register_search_space
 
 DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
-GRANULARITIES = ("tensor", "block")
+GROUPINGS = ("tensor", "block")
 
 
-def cnn_space(candidates: list[int] | None = None, granularity: str = "tensor", blocks: int | None = None,
+def cnn_space(candidates: list[int] | None = None, grouping: str = "tensor", blocks: int | None = None,
               prune: bool = False, method: str = "uniform", per_channel: bool = False,
               activation_candidates: list[int] | None = None) -> SearchSpace:
-    """`granularity="block"` splits every convolution's output channels into `blocks` groups."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r} for cnn; valid: {list(GRANULARITIES)}")
+    """`grouping="block"` splits every convolution's output channels into `blocks` groups."""
+    check_grouping("cnn", grouping, GROUPINGS)
     cands = check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES)
     rules: list[GroupRule] = []
-    if granularity == "block":
+    if grouping == "block":
         if blocks is None:
-            raise ValueError("granularity 'block' needs blocks = the number of output-channel blocks per layer")
-        rules = [GroupRule("*conv*", granularity="block", blocks=blocks,
+            raise ValueError("grouping 'block' needs blocks = the number of output-channel blocks per layer")
+        rules = [GroupRule("*conv*", grouping="block", blocks=blocks,
                            candidates=sorted(set(cands) | {0}) if prune else cands)]
     elif prune:
-        raise ValueError("prune needs granularity 'block' (a whole layer is never pruned)")
+        raise ValueError("prune needs grouping 'block' (a whole layer is never pruned)")
     return SearchSpace("cnn", cands, rules=rules, method=method, per_channel=per_channel,
                        activation_candidates=activation_candidates)
 
@@ -56,7 +55,7 @@ class ResidualBlock(nn.Module):
 
 
 @register_search_space("cnn", cnn_space, example_args={"num_classes": 10, "width": 4, "image_size": 8},
-                       example_space={"granularity": "block", "blocks": 2, "prune": True, "per_channel": True,
+                       example_space={"grouping": "block", "blocks": 2, "prune": True, "per_channel": True,
                                       "activation_candidates": [2, 4, 32]})
 class ResNetCNN(nn.Module):
     """Stem conv -> residual stages (widths w, 2w, 4w; the later ones stride 2) -> global average

@@ -6,22 +6,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas_mpq.search.space import GroupRule, SearchSpace, vocabulary_buckets
+from nas_mpq.search.space import GroupRule, SearchSpace, check_grouping, vocabulary_buckets
 
 from . import register_search_space
 
 DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
+GROUPINGS = ("gate", "tensor")
 
 
-def lstm_lm_space(candidates: list[int] | None = None, granularity: str = "gate",
+def lstm_lm_space(candidates: list[int] | None = None, grouping: str = "gate",
                   method: str = "uniform", per_channel: bool = False,
                   activation_candidates: list[int] | None = None,
                   freq_buckets: int | None = None) -> SearchSpace:
-    """The default space; `granularity="tensor"` gives one group per LSTM weight instead.
-    `freq_buckets=N` splits the embedding and softmax weights into N frequency buckets of rows
-    (the vocabulary is sorted by frequency; see search.layers.zipf_bucket_rows)."""
+    """The default space; `grouping="tensor"` gives one group per LSTM weight instead of one per
+    gate. `freq_buckets=N` splits the embedding and softmax weights into N frequency buckets of
+    rows (the vocabulary is sorted by frequency; see search.layers.zipf_bucket_rows)."""
+    check_grouping("lstm_lm", grouping, GROUPINGS)
     return SearchSpace("lstm_lm", list(candidates if candidates is not None else DEFAULT_CANDIDATES),
-                       rules=[GroupRule("rnn", granularity=granularity), *vocabulary_buckets(freq_buckets)],
+                       rules=[GroupRule("rnn", grouping=grouping), *vocabulary_buckets(freq_buckets)],
                        method=method, per_channel=per_channel,
                        activation_candidates=activation_candidates)
 
@@ -29,7 +31,7 @@ def lstm_lm_space(candidates: list[int] | None = None, granularity: str = "gate"
 @register_search_space("lstm_lm", lstm_lm_space,
                        example_args={"vocab_size": 40, "embed_dim": 8, "hidden_dim": 8, "num_layers": 2,
                                      "dropout": 0.0},
-                       example_space={"granularity": "tensor", "method": "lsq", "freq_buckets": 3})
+                       example_space={"grouping": "tensor", "method": "lsq", "freq_buckets": 3})
 class LSTMLM(nn.Module):
     """Embedding -> dropout -> n-layer LSTM -> dropout -> linear softmax layer.
 

@@ -1,7 +1,7 @@
 """Decoder-only causal Transformer LM (token + position embeddings, pre-LN blocks, tied or untied
 output) and its default search space: per layer one group each for W_Q, W_K, W_V, W_O, FFN1 and
 FFN2, one for each embedding and one for the softmax layer (shared when tied). With
-`granularity="head"` the Q, K and V weights split by rows and W_O by columns into one group per
+`grouping="head"` the Q, K and V weights split by rows and W_O by columns into one group per
 head. LayerNorms and biases stay FP32.
 """
 from __future__ import annotations
@@ -10,35 +10,34 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates, vocabulary_buckets
+from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates, check_grouping, vocabulary_buckets
 
 from . import register_search_space
 
 DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
-GRANULARITIES = ("tensor", "head")
+GROUPINGS = ("tensor", "head")
 
 
-def transformer_lm_space(candidates: list[int] | None = None, granularity: str = "tensor",
+def transformer_lm_space(candidates: list[int] | None = None, grouping: str = "tensor",
                          blocks: int | None = None, prune: bool = False, method: str = "uniform",
                          per_channel: bool = False,
                          activation_candidates: list[int] | None = None,
                          freq_buckets: int | None = None) -> SearchSpace:
-    """`granularity="head"` gives per-head groups for Q, K, V and O; `blocks` is then the
+    """`grouping="head"` gives per-head groups for Q, K, V and O; `blocks` is then the
     network's number of heads. `prune` adds the 0-bit candidate to the per-head groups (a head
     can be removed; never every head of a projection). `freq_buckets=N` splits the token
     embedding and the softmax layer into N frequency buckets of rows."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r} for transformer_lm; valid: {list(GRANULARITIES)}")
+    check_grouping("transformer_lm", grouping, GROUPINGS)
     cands = check_candidates(candidates if candidates is not None else DEFAULT_CANDIDATES)
     rules: list[GroupRule] = vocabulary_buckets(freq_buckets)
-    if granularity == "head":
+    if grouping == "head":
         if blocks is None:
-            raise ValueError("granularity 'head' needs blocks = the number of attention heads")
+            raise ValueError("grouping 'head' needs blocks = the number of attention heads")
         heads = sorted(set(cands) | {0}) if prune else cands
-        rules += [GroupRule("*.attn.[qkv]", granularity="head", blocks=blocks, candidates=heads),
-                  GroupRule("*.attn.o", granularity="head", blocks=blocks, axis=1, candidates=heads)]
+        rules += [GroupRule("*.attn.[qkv]", grouping="head", blocks=blocks, candidates=heads),
+                  GroupRule("*.attn.o", grouping="head", blocks=blocks, axis=1, candidates=heads)]
     elif prune:
-        raise ValueError("prune needs granularity 'head' (a whole projection is never pruned)")
+        raise ValueError("prune needs grouping 'head' (a whole projection is never pruned)")
     return SearchSpace("transformer_lm", cands, rules=rules, method=method, per_channel=per_channel,
                        activation_candidates=activation_candidates)
 
@@ -80,7 +79,7 @@ class Block(nn.Module):
 @register_search_space("transformer_lm", transformer_lm_space,
                        example_args={"vocab_size": 40, "d_model": 16, "num_heads": 2, "num_layers": 2,
                                      "max_len": 16, "dropout": 0.0},
-                       example_space={"granularity": "head", "blocks": 2, "prune": True,
+                       example_space={"grouping": "head", "blocks": 2, "prune": True,
                                       "activation_candidates": [4, 8, 32], "freq_buckets": 2})
 class TransformerLM(nn.Module):
     """Token + learned position embeddings -> `num_layers` pre-LN blocks -> LayerNorm -> softmax

@@ -19,7 +19,7 @@ def test_pretrain_search_qat_pipeline(config, tmp_path, capsys):
     log = capsys.readouterr().out
     assert "groups changed" in log and "% of the weights searched (6 tensors" in log  # the coverage report
     plan = json.loads((run / "plan.json").read_text())
-    assert plan["format"] == "nas-mpq.plan/3" and plan["avg_bits"] <= 2.0
+    assert plan["format"] == "nas-mpq.plan/4" and plan["avg_bits"] <= 2.0
     assert plan["coverage"]["unsearched"]["decoder.bias"]["kind"] == "float"
     assert (run / "plan.png").stat().st_size > 1000
     m = json.loads((run / "metrics.json").read_text())
@@ -61,7 +61,7 @@ def test_refuses_to_overwrite_results(config, tmp_path, capsys):
     assert not (run / "checkpoints").exists()  # refused before any training
     assert main(["search", "--config", str(config), "--run_dir", str(run), "--overwrite", "true",
                  "--trainer.max_epochs", "1"]) == 0
-    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/3"
+    assert json.loads((run / "plan.json").read_text())["format"] == "nas-mpq.plan/4"
     with pytest.raises(SystemExit, match="checkpoints of an unfinished run"):
         (run / "plan.json").unlink()
         main(["search", "--config", str(config), "--run_dir", str(run)])

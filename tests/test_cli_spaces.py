@@ -46,20 +46,20 @@ def run_and_evaluate(cfg: dict, tmp_path, capsys) -> tuple[dict, dict]:
 def test_transformer_lm_per_head_search_with_pruning(corpus_dir, tmp_path, capsys):
     net = {"class_path": "search_spaces.transformer_lm.TransformerLM",
            "init_args": {"d_model": 16, "num_heads": 2, "num_layers": 1, "max_len": 16, "dropout": 0.1}}
-    space = {"name": "transformer_lm", "granularity": "head", "blocks": 2, "prune": True}
+    space = {"name": "transformer_lm", "grouping": "head", "blocks": 2, "prune": True}
     data = {"corpus": str(corpus_dir), "max_vocab": 200, "batch_size": 8, "eval_batch_size": 4, "bptt": 12}
     report, _ = run_and_evaluate(pipeline(net, space, {"kind": "avg_bits", "value": 2.0}, data), tmp_path, capsys)
     assert report["mixed"]["avg_bits"] <= 2.0
     plan = json.loads((tmp_path / "run" / "search" / "plan.json").read_text())
-    assert plan["format"] == "nas-mpq.plan/3" and plan["groups"]["blocks.0.attn.o.weight:h1"]["axis"] == 1
+    assert plan["format"] == "nas-mpq.plan/4" and plan["groups"]["blocks.0.attn.o.weight:h1"]["axis"] == 1
 
 
 @pytest.mark.slow
 def test_digits_cnn_weight_and_activation_search_under_a_bitops_budget(tmp_path, capsys):
     args = {"num_classes": 10, "width": 4, "image_size": 8}
-    space = {"name": "cnn", "granularity": "block", "blocks": 2, "prune": True, "per_channel": True,
+    space = {"name": "cnn", "grouping": "block", "blocks": 2, "prune": True, "per_channel": True,
              "activation_candidates": [4, 8, 32]}
-    probe = prepare_search_(ResNetCNN(**args), cnn_space(candidates=[32], granularity="block", blocks=2))
+    probe = prepare_search_(ResNetCNN(**args), cnn_space(candidates=[32], grouping="block", blocks=2))
     fp32_bitops = Budget("bitops", 1.0).measure([g.plan for g in search_groups(probe)], 0)
     budget = {"kind": "bitops", "value": fp32_bitops / 40}  # e.g. 3.2 weight bits at 8-bit inputs
     net = {"class_path": "search_spaces.cnn.ResNetCNN", "init_args": args}

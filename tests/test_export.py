@@ -85,7 +85,7 @@ def test_corrupt_truncated_and_unknown_files(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     p = json.loads(meta["plan"])
-    p["search_space"] = "vit_huge"
+    p["space_name"] = "vit_huge"
     save_file(tensors, str(tmp_path / "u.safetensors"), metadata={**meta, "plan": json.dumps(p)})
     as_format_1(tmp_path / "u.safetensors", tmp_path / "u.safetensors")
     with pytest.raises(ValueError, match="unknown search space 'vit_huge'"):
@@ -107,14 +107,23 @@ def test_plan_that_does_not_match_the_model_names_groups(tmp_path):
 
 # ---- model files are data: allowed classes, checked arguments, checksums ------------------------
 
+def as_plan_format_3(plan_json: str) -> str:
+    """A plan of format 4 as format 3 wrote it: the space's name under `search_space`."""
+    plan = json.loads(plan_json)
+    return json.dumps({"format": "nas-mpq.plan/3", "search_space": plan.pop("space_name"),
+                       **{k: v for k, v in plan.items() if k != "format"}})
+
+
 def as_format_1(path, out):
-    """The packed model as format 1 wrote it: no class path, the network named by its search space."""
+    """The packed model as format 1 wrote it: no class path, the network named by its search space,
+    the plan of format 3."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     with safe_open(str(path), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     meta = {k: v for k, v in meta.items() if k != "model_class"}
-    save_file(tensors, str(out), metadata={**meta, "format": "nas-mpq.model/1", "space_args": "{}"})
+    save_file(tensors, str(out), metadata={**meta, "format": "nas-mpq.model/1", "space_args": "{}",
+                                           "plan": as_plan_format_3(meta["plan"])})
     return out
 
 
@@ -218,6 +227,23 @@ def test_network_class_outside_the_allowed_packages_is_refused(tmp_path):
         load_quantized(v1, allowed=("nas_mpq",))
     x = torch.randint(0, 300, (2, 9))
     assert torch.equal(load_quantized(v1)(x)[0], load_quantized(path)(x)[0])
+
+
+def test_a_model_file_whose_plan_is_of_format_3_loads(tmp_path):
+    net, plan, codes, args = quantized(per_row=True)
+    path = save_quantized(tmp_path / "m.safetensors", net, plan, codes, args)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["plan"])["space_name"] == "lstm_lm"
+    old = tmp_path / "v3.safetensors"
+    save_file(tensors, str(old), metadata={**meta, "plan": as_plan_format_3(meta["plan"])})
+    assert json.loads(safe_open(str(old), framework="pt").metadata()["plan"])["search_space"] == "lstm_lm"
+    header = read_header(old)
+    assert header["plan"].space_name == "lstm_lm" and header["plan"].groups == read_header(path)["plan"].groups
+    x = torch.randint(0, 300, (2, 9))
+    assert torch.equal(load_quantized(old)(x)[0], load_quantized(path)(x)[0])
 
 
 def test_a_flipped_byte_names_the_tensor_and_the_file(tmp_path):

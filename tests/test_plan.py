@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas_mpq.plan import Budget, GroupPlan, PrecisionPlan, plan_size
+from nas_mpq.plan import Budget, GroupPlan, PrecisionPlan, groups_by_param, plan_size
 from nas_mpq.quant import QuantizerSettings
 from nas_mpq.search import apply_plan_, search_groups
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -35,6 +35,12 @@ def test_size_matches_hand_computation():
     assert full.size_bits == full.fp32_size_bits and full.compression == 1.0
 
 
+def test_groups_by_param_keys_the_group_names_by_the_parameter_they_slice():
+    assert groups_by_param(hand_plan().groups) == {
+        "encoder.weight": ["encoder.weight"], "decoder.weight": ["decoder.weight"],
+        **{f"rnn.weight_{kind}_l0": [f"rnn.weight_{kind}_l0:{gate}" for gate in "ifgo"] for kind in ("ih", "hh")}}
+
+
 def test_per_channel_scales_and_pruned_groups():
     g = GroupPlan("w", None, 64, 4, scales=8)
     assert g.cost_bits() == 64 * 4 + 8 * 32
@@ -60,7 +66,7 @@ def test_round_trip_and_recount(tmp_path):
     plan = hand_plan(budget=Budget("avg_bits", 8.0))
     path = plan.save(tmp_path / "plan.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "nas-mpq.plan/3"
+    assert data["format"] == "nas-mpq.plan/4" and data["space_name"] == "lstm_lm" and "search_space" not in data
     assert data["size_bits"] == 3248 and data["avg_bits"] == pytest.approx(1616 / 208)
     back = PrecisionPlan.load(path)
     assert back.bits == plan.bits and back.budget == plan.budget and back.meets_budget()
@@ -92,17 +98,53 @@ def test_corrupt_plan_files(tmp_path):
 
 def test_format_version_1_still_loads(tmp_path):
     """A plan written by format version 1 (the quick LSTM config's search) loads, applies to its
-    model and is written back as version 3 with the same content."""
+    model and is written back as version 4 with the same content."""
     assert json.loads(V1_PLAN.read_text())["format"] == "nas-mpq.plan/1"
     plan = PrecisionPlan.load(V1_PLAN)
-    assert plan.budget == Budget("avg_bits", 2.0) and plan.meets_budget()
+    assert plan.space_name == "lstm_lm" and plan.budget == Budget("avg_bits", 2.0) and plan.meets_budget()
     assert all(g.axis == 0 and g.macs is None for g in plan.groups.values())
     assert all(g.settings == QuantizerSettings("uniform", False) for g in plan.groups.values())
     net = apply_plan_(LSTMLM(2000, 128, 128, 2), plan, lstm_lm_space())
     assert {g.name: g.plan.bits for g in search_groups(net)} == plan.bits
-    again = PrecisionPlan.load(plan.save(tmp_path / "v3.json"))
-    assert json.loads((tmp_path / "v3.json").read_text())["format"] == "nas-mpq.plan/3"
+    again = PrecisionPlan.load(plan.save(tmp_path / "v4.json"))
+    assert json.loads((tmp_path / "v4.json").read_text())["format"] == "nas-mpq.plan/4"
     assert again.groups == plan.groups and again.size() == plan.size()
+
+
+V3_PLAN = """{
+ "format": "nas-mpq.plan/3", "search_space": "transformer_lm", "candidates": [2, 4],
+ "budget": {"kind": "avg_bits", "value": 3.0},
+ "groups": {
+  "blocks.0.attn.o.weight:h0": {"param": "blocks.0.attn.o.weight", "rows": [0, 4], "axis": 1, "numel": 32,
+                                "bits": 4, "scales": 8, "method": "lsq", "per_channel": true, "macs": 32,
+                                "layer": "blocks.0.attn.o"},
+  "decoder.weight": {"param": "decoder.weight", "rows": null, "numel": 40, "bits": 2, "scales": 1,
+                     "method": "uniform", "per_channel": false, "probs": [0.1, 0.9]}},
+ "fixed_numel": 10, "size_bits": 816, "fp32_size_bits": 2624, "compression": 3.2156862745098040,
+ "avg_bits": 2.888888888888889, "activations": {"blocks.0.attn.o": {"bits": 8}},
+ "coverage": {"searched_share": 1.0}
+}"""
+
+
+def test_format_version_3_still_loads_its_search_space_as_the_space_name(tmp_path):
+    """A plan of format 3 (the space's name under `search_space`) loads with every field, group
+    settings included, and is written back as version 4 with the name under `space_name`."""
+    (tmp_path / "v3.json").write_text(V3_PLAN)
+    plan = PrecisionPlan.load(tmp_path / "v3.json")
+    assert plan.space_name == "transformer_lm" and plan.budget == Budget("avg_bits", 3.0)
+    assert plan.groups["blocks.0.attn.o.weight:h0"] == GroupPlan(
+        "blocks.0.attn.o.weight", (0, 4), 32, 4, 8, None, 1, 32, "blocks.0.attn.o", "lsq", True)
+    assert plan.groups["decoder.weight"].probs == (0.1, 0.9) and plan.activation_bits == {"blocks.0.attn.o": 8}
+    assert plan.extra == {"coverage": {"searched_share": 1.0}} and plan.size().size_bits == 816
+    data = json.loads(plan.save(tmp_path / "v4.json").read_text())
+    assert data["format"] == "nas-mpq.plan/4" and data["space_name"] == "transformer_lm"
+    assert "search_space" not in data
+    again = PrecisionPlan.load(tmp_path / "v4.json")
+    assert again.groups == plan.groups and again.extra == plan.extra and again.space_name == plan.space_name
+    # format 4 reads the name from `space_name` only
+    (tmp_path / "mixed.json").write_text(json.dumps({**json.loads(V3_PLAN), "format": "nas-mpq.plan/4"}))
+    with pytest.raises(ValueError, match="missing or bad field 'space_name'"):
+        PrecisionPlan.load(tmp_path / "mixed.json")
 
 
 def test_column_slices_and_macs_round_trip(tmp_path):

@@ -9,9 +9,9 @@ import torch
 
 from nas_mpq.export import load_quantized, save_quantized
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import (activation_groups, apply_plan_, calibrate_activations_, check_plan_matches,
+from nas_mpq.search import (SearchSpace, activation_groups, apply_plan_, calibrate_activations_, check_plan_matches,
                             derive_plan, prepare_search_, search_groups, to_float_)
-from search_spaces import get_search_space, list_search_spaces
+from search_spaces import build_space, get_search_space, list_search_spaces
 
 CASES = [pytest.param(name, variant, id=f"{name}-{variant}")
          for name in list_search_spaces() for variant in ("default", "example")]
@@ -98,3 +98,38 @@ def test_plan_and_packed_model_round_trip(name, variant, tmp_path):
 def test_empty_or_repeated_candidates_are_refused_not_replaced_by_the_defaults(name, key, value, message):
     with pytest.raises(ValueError, match=message):
         get_search_space(name).space(**{key: value})
+
+
+GROUPINGS = {"lstm_lm": ["gate", "tensor"], "transformer_lm": ["tensor", "head"], "cnn": ["tensor", "block"]}
+
+
+def test_every_registered_space_says_which_groupings_it_takes():
+    assert sorted(GROUPINGS) == list_search_spaces()
+
+
+@pytest.mark.parametrize("name, bad", [(name, bad) for name, valid in GROUPINGS.items()
+                                       for bad in ("nope", "gate", "head", "block") if bad not in valid])
+def test_a_grouping_the_space_does_not_take_names_the_ones_it_does(name, bad):
+    message = f"unknown grouping '{bad}' for {name}; valid: {GROUPINGS[name]}"
+    with pytest.raises(ValueError) as e:
+        get_search_space(name).space(grouping=bad)
+    assert str(e.value) == message
+    with pytest.raises(ValueError) as e:
+        build_space(name, grouping=bad)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("name", [*list_search_spaces(), "gpt2"])
+def test_the_old_option_name_granularity_is_refused_naming_grouping(name):
+    with pytest.raises(ValueError) as e:
+        build_space(name, rules=[], granularity="tensor")
+    assert str(e.value) == f"search space '{name}' has no key 'granularity'; it was renamed to 'grouping'"
+
+
+def test_a_rule_with_the_old_key_granularity_is_refused_naming_grouping():
+    rule = {"pattern": "*.attn.q", "granularity": "head", "blocks": 2}
+    for make in (lambda: build_space("transformer_lm", rules=[rule]), lambda: build_space("gpt2", rules=[rule]),
+                 lambda: SearchSpace("gpt2", rules=[rule])):
+        with pytest.raises(ValueError) as e:
+            make()
+        assert str(e.value) == "a rule has no key 'granularity'; it was renamed to 'grouping'"

@@ -25,19 +25,20 @@ OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
 @dataclass
 class SpaceConfig:
-    """Which search space, and overrides of its defaults (None keeps the default): `blocks` is the
-    number of heads (transformer_lm, granularity head) or of output-channel blocks (cnn,
-    granularity block); `prune` adds the 0-bit candidate where the space allows it;
-    `activation_candidates` searches the input bit-width of every Linear/Conv layer;
+    """Which search space, and overrides of its defaults (None keeps the default): `grouping` is
+    how a layer's weight splits into groups (lstm_lm: gate, tensor; transformer_lm: tensor, head;
+    cnn: tensor, block), `blocks` the number of heads (transformer_lm, grouping head) or of
+    output-channel blocks (cnn, grouping block); `prune` adds the 0-bit candidate where the space
+    allows it; `activation_candidates` searches the input bit-width of every Linear/Conv layer;
     `freq_buckets` splits a language model's embedding and softmax layer into that many frequency
-    buckets of rows. `rules` (pattern over module or parameter names -> candidates, granularity,
+    buckets of rows. `rules` (pattern over module or parameter names -> candidates, grouping,
     exclude) go in front of the space's own; a `name` nobody registered is a space of `rules`
     alone, for any network. `full_coverage` refuses, before training, a network with weights no
     rule excludes and no searchable layer covers (search_spaces.build_space)."""
 
     name: str = "lstm_lm"
     candidates: list[int] | None = None
-    granularity: str | None = None
+    grouping: str | None = None
     method: str | None = None
     per_channel: bool | None = None
     blocks: int | None = None

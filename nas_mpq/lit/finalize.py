@@ -61,16 +61,16 @@ class FinalizeModule(TaskModule):
         if admm_every is not None and admm_every < 1:
             raise ValueError(f"admm_every must be a positive number of minibatches, got {admm_every}")
         self.plan = PrecisionPlan.load(plan)
-        if space is not None and space.name != self.plan.search_space:
-            raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
+        if space is not None and space.name != self.plan.space_name:
+            raise ValueError(f"plan {plan} is for search space {self.plan.space_name!r}, "
                              f"the model config says {space.name!r}")
         if space is not None:
             space.check_plan_settings(self.plan)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.hparams.update(space=None if space is None else asdict(space))
-        self.space = None if space is None else space.build()
+        self.search_space = None if space is None else space.build()
         self.method, self.optimizer_factory = method, optimizer
-        check_plan_matches(net, self.plan, self.space)
+        check_plan_matches(net, self.plan, self.search_space)
         self._stash: dict[str, torch.Tensor] = {}
         self.admm: ADMMState | None = None
         self.reinitialize()
@@ -80,7 +80,7 @@ class FinalizeModule(TaskModule):
         rho (ADMM), or fresh plan quantizers (STE). Call it after loading pretrained weights."""
         h = self.hparams
         if self.method == "ste":
-            apply_plan_(to_float_(self.net), self.plan, self.space)
+            apply_plan_(to_float_(self.net), self.plan, self.search_space)
         else:  # the float network trains with the plan's activation quantizers in place
             attach_input_choices_(detach_input_choices_(to_float_(self.net)),
                                   {n: [a.bits] for n, a in self.plan.activations.items()})

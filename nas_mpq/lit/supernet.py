@@ -113,10 +113,10 @@ class SupernetModule(TaskModule):
             raise ValueError(f"arch_every={arch_every} needs the bi-level search; single_level steps the choices "
                              "on every training batch")
         self.automatic_optimization = False
-        self.space = space.build()
+        self.search_space = space.build()
         self.budget = budget
         self.weight_factory, self.arch_factory = optimizer, arch_optimizer
-        prepare_search_(self.net, self.space)
+        prepare_search_(self.net, self.search_space)
         self.sampler = get_sampler(self.net)
         self.sampler.generator.manual_seed(seed)
         self.regularizer = BudgetRegularizer(self.net, budget, penalty)
@@ -143,7 +143,7 @@ class SupernetModule(TaskModule):
     def check_budget(self) -> None:
         """ValueError, before any training, if no plan of this supernet meets the budget, or if
         every plan does (a budget at or above the largest plan's size constrains nothing)."""
-        plan = derive_plan(self.net, self.space)
+        plan = derive_plan(self.net, self.search_space)
         self.budget.check_binds(plan.groups, plan.fixed_numel,
                                 {g.name: g.choice.candidates for g in search_groups(self.net)},
                                 {a.name: a.choice.candidates for a in activation_groups(self.net)})
@@ -277,7 +277,7 @@ class SupernetModule(TaskModule):
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         if self.hparams.plan_from == "best_val":
-            self.pin_evaluation(derive_plan(self.net, self.space, self.budget, self.hparams.min_fill))
+            self.pin_evaluation(derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill))
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -307,7 +307,7 @@ class SupernetModule(TaskModule):
         plan.extra["search_epoch"] which epoch's choices it is)."""
         best = self.best_choices if self.hparams.plan_from == "best_val" else None
         if best is None:
-            plan = derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
+            plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
             plan.extra["search_epoch"] = {"epoch": len(self.val_history) - 1,
                                           "val_ppl": self.val_history[-1] if self.val_history else None}
             return plan
@@ -317,7 +317,7 @@ class SupernetModule(TaskModule):
             try:
                 for n, t in logits.items():
                     t.copy_(best["theta"][n])
-                plan = derive_plan(self.net, self.space, self.budget, self.hparams.min_fill)
+                plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
             finally:
                 for n, t in logits.items():
                     t.copy_(now[n])

@@ -47,21 +47,21 @@ class TrainModule(TaskModule):
             raise ValueError(f"give either plan ({plan}) or uniform_bits ({uniform_bits}), not both")
         if plan is not None:
             self.plan = PrecisionPlan.load(plan)
-            if space is not None and space.name != self.plan.search_space:
-                raise ValueError(f"plan {plan} is for search space {self.plan.search_space!r}, "
+            if space is not None and space.name != self.plan.space_name:
+                raise ValueError(f"plan {plan} is for search space {self.plan.space_name!r}, "
                                  f"the model config says {space.name!r}")
             if space is not None:
                 space.check_plan_settings(self.plan)
         elif uniform_bits is not None:
             self.plan = uniform_plan(self.net, (space or SpaceConfig()).build(), check_bits(uniform_bits))
-        self.space = space.build() if space is not None and self.plan is not None else None
+        self.search_space = space.build() if space is not None and self.plan is not None else None
         self.reinitialize()
 
     def reinitialize(self) -> None:
         """Rebuild the plan's quantizers from the current weights (LSQ scales start from them);
         call it after loading pretrained weights."""
         if self.plan is not None:
-            apply_plan_(to_float_(self.net), self.plan, self.space)
+            apply_plan_(to_float_(self.net), self.plan, self.search_space)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         loss = self.task_loss(batch, "train")

@@ -4,7 +4,7 @@ The packed input projection `in_proj_weight` (3E x E) splits by rows into Q, K a
 "in_proj_weight:q", ":k", ":v"; with kdim/vdim != embed_dim the separate q/k/v_proj_weight are one
 group each), and the output projection is the group "out_proj.weight". The layer reads
 out_proj's weight itself (nn.MultiheadAttention never calls out_proj's forward), so out_proj is
-searched here, not as a Linear of its own. Granularity "head" gives one group per head: rows of
+searched here, not as a Linear of its own. Grouping "head" gives one group per head: rows of
 Q, K and V ("in_proj_weight:q.h0", ...) and columns of O ("out_proj.weight:h0", ...).
 
 Example:
@@ -26,7 +26,7 @@ QKV = ("q", "k", "v")
 
 @register_layer(nn.MultiheadAttention)
 class SearchMultiheadAttention(SubstitutedForward, nn.MultiheadAttention):
-    granularities = ("head",)
+    groupings = ("head",)
     owned_children = ("out_proj",)
 
     @classmethod
@@ -35,9 +35,9 @@ class SearchMultiheadAttention(SubstitutedForward, nn.MultiheadAttention):
         return [*inputs, "out_proj.weight"]
 
     @classmethod
-    def param_slices(cls, mod: nn.MultiheadAttention, param: str, granularity: str,
+    def param_slices(cls, mod: nn.MultiheadAttention, param: str, grouping: str,
                      rule: GroupRule | None) -> dict[str, GroupSlice]:
-        if granularity != "head":
+        if grouping != "head":
             return block_slices(param, 3 * mod.embed_dim, QKV) if param == "in_proj_weight" else {param: GroupSlice(param)}
         heads = BlockSplit(rule.blocks, 1 if param == "out_proj.weight" else 0, "h")
         if param != "in_proj_weight":

@@ -19,4 +19,4 @@ CONV1D = "transformers.pytorch_utils.Conv1D"
 
 @register_layer(CONV1D)
 class SearchConv1D(SubstitutedForward, nn.Module):
-    granularities = ("head",)
+    groupings = ("head",)

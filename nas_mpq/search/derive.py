@@ -14,7 +14,7 @@ from typing import Mapping
 
 from torch import nn
 
-from ..plan import ActivationPlan, Budget, PrecisionPlan, layers
+from ..plan import ActivationPlan, Budget, PrecisionPlan, groups_by_param
 from .activations import activation_groups
 from .choice import MixedPrecisionChoice
 from .coverage import coverage_report
@@ -45,7 +45,7 @@ def _keep_every_layer(plan: PrecisionPlan, choices: Mapping[str, MixedPrecisionC
     """An argmax plan that prunes every group of a layer gets back the group and bit-width the
     search found most likely among the non-zero choices of that layer."""
     bits = plan.bits
-    for names in layers(plan.groups).values():
+    for names in groups_by_param(plan.groups).values():
         if all(bits[n] == 0 for n in names):
             _, name, b = max((p, n, b) for n in names
                              for b, p in zip(choices[n].candidates, choices[n].probs().tolist()) if b != 0)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from ..plan import ACTIVATION_BITS, PrecisionPlan, layers
+from ..plan import ACTIVATION_BITS, PrecisionPlan, groups_by_param
 
 Choices = Mapping[str, Sequence[int]]
 Costs = Mapping[str, Sequence[float]]
@@ -95,9 +95,9 @@ def solve_knapsack(plan: PrecisionPlan, candidates: Choices, costs: Costs, min_f
     rows += [(cols.row({cols.index[("z", n, b)]: 1 for b in act_candidates[n]}), 1, 1)
              for n in (act_candidates if joint else ())]
     rows += [(cols.row(entries), lo, hi) for entries, lo, hi in links]
-    for layer_groups in layers(groups).values():
-        if all(0 in candidates[n] for n in layer_groups):
-            rows.append((cols.row({cols.index[("x", n, 0)]: 1 for n in layer_groups}), -np.inf, len(layer_groups) - 1))
+    for names in groups_by_param(groups).values():
+        if all(0 in candidates[n] for n in names):
+            rows.append((cols.row({cols.index[("x", n, 0)]: 1 for n in names}), -np.inf, len(names) - 1))
     a = np.stack([r for r, _, _ in rows])
     res = milp(np.array(cols.cost), constraints=LinearConstraint(a, [lo for _, lo, _ in rows], [hi for _, _, hi in rows]),
                integrality=np.ones(len(cols.cost)), bounds=Bounds(0, 1))
@@ -137,7 +137,8 @@ def repair_plan(plan: PrecisionPlan, candidates: Choices, probs: Mapping[str, Se
         return {n: [weight.get(n, 1.0) * -math.log(max(x, 1e-12)) for x in v] for n, v in p.items()}
 
     per_bit = {n: g.numel / mean for n, g in plan.groups.items()}
-    prunes_a_layer = any(all(plan.groups[n].bits == 0 for n in names) for names in layers(plan.groups).values())
+    prunes_a_layer = any(all(plan.groups[n].bits == 0 for n in names)
+                         for names in groups_by_param(plan.groups).values())
     if plan.meets_budget() and min_fill is None and not prunes_a_layer:
         bits, acts = plan.bits, plan.activation_bits
     else:

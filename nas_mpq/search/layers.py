@@ -114,9 +114,9 @@ class SearchableMixin:
     positions: int | None = 1
     """MACs per sample = weight elements x positions: 1 for a Linear or LSTM (per token or row),
     output height x width for a convolution (recorded by its forward), 0 for an embedding."""
-    default_granularity = "tensor"
-    granularities: tuple[str, ...] = ()
-    """The granularities besides "tensor" (and the default) that the layer's weights take."""
+    default_grouping = "tensor"
+    groupings: tuple[str, ...] = ()
+    """The groupings besides "tensor" (and the default) that the layer's weights take."""
     owned_children: tuple[str, ...] = ()
     """Child modules whose weights this layer searches and reads itself (their forward never runs)."""
 
@@ -126,15 +126,15 @@ class SearchableMixin:
         return ["weight"]
 
     @classmethod
-    def param_slices(cls, mod: nn.Module, param: str, granularity: str,
+    def param_slices(cls, mod: nn.Module, param: str, grouping: str,
                      rule: GroupRule | None) -> dict[str, GroupSlice]:
-        """The groups of `param` at `granularity` (the rule gives blocks and axis)."""
-        if granularity == "tensor":
+        """The groups of `param` for `grouping` (the rule gives blocks and axis)."""
+        if grouping == "tensor":
             return {param: GroupSlice(param)}
         w = mod.get_parameter(param)
-        if granularity == "freq_buckets":
+        if grouping == "freq_buckets":
             return FreqBuckets(rule.blocks).slices(w, param)
-        return BlockSplit(rule.blocks, rule.axis, "h" if granularity == "head" else "b").slices(w, param)
+        return BlockSplit(rule.blocks, rule.axis, "h" if grouping == "head" else "b").slices(w, param)
 
     @classmethod
     def from_float(cls, mod: nn.Module, make_choice: ChoiceFactory, groups: Mapping[str, GroupSlice] | None = None,
@@ -220,7 +220,7 @@ def substituted(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Itera
 
 @register_layer(nn.Linear)
 class SearchLinear(SearchableMixin, nn.Linear):
-    granularities = ("head", "block", "freq_buckets")
+    groupings = ("head", "block", "freq_buckets")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.composite_weight("weight"), self.bias)
@@ -229,7 +229,7 @@ class SearchLinear(SearchableMixin, nn.Linear):
 @register_layer(nn.Embedding)
 class SearchEmbedding(SearchableMixin, nn.Embedding):
     positions = 0
-    granularities = ("freq_buckets",)
+    groupings = ("freq_buckets",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         choice = self.choices["weight"] if "weight" in self.choices else None
@@ -251,18 +251,18 @@ class SearchLSTM(SearchableMixin, nn.LSTM):
     """nn.LSTM whose weight_ih/weight_hh are composites (per tensor or per gate i, f, g, o); the
     fused LSTM kernel runs once per forward with them. Batched input, no proj_size."""
 
-    default_granularity = "gate"
+    default_grouping = "gate"
 
     @classmethod
     def weight_names(cls, mod: nn.LSTM) -> list[str]:
         return [n for n in mod._flat_weights_names if n.startswith("weight_")]
 
     @classmethod
-    def param_slices(cls, mod: nn.LSTM, param: str, granularity: str,
+    def param_slices(cls, mod: nn.LSTM, param: str, grouping: str,
                      rule: GroupRule | None) -> dict[str, GroupSlice]:
-        if granularity == "gate":
+        if grouping == "gate":
             return block_slices(param, 4 * mod.hidden_size, LSTM_GATES)
-        return super().param_slices(mod, param, granularity, rule)
+        return super().param_slices(mod, param, grouping, rule)
 
     @classmethod
     def from_float(cls, mod: nn.LSTM, make_choice: ChoiceFactory, groups: Mapping[str, GroupSlice] | None = None,
@@ -291,7 +291,7 @@ class SearchConv2d(SearchableMixin, nn.Conv2d):
     """nn.Conv2d with a composite weight (one group, or blocks of output channels)."""
 
     positions = None
-    granularities = ("head", "block")
+    groupings = ("head", "block")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._conv_forward(x, self.composite_weight("weight"), self.bias)

@@ -25,6 +25,9 @@ from torch import nn
 S = TypeVar("S", bound=type)
 
 _LAYERS: dict[type | str, type] = {}
+RENAMED_ATTRIBUTES = {"granularities": "groupings", "default_granularity": "default_grouping"}
+"""Class attributes of a searchable layer that have a new name (old: new): a class setting an old
+one is refused, since its value would otherwise be ignored."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ def register_layer(float_layer: type[nn.Module] | str) -> Callable[[S], S]:
             name = float_layer if isinstance(float_layer, str) else class_path(float_layer)
             raise ValueError(f"a searchable layer is already registered for {name}: "
                              f"{_LAYERS[float_layer].__name__}")
+        old = next((a for a in RENAMED_ATTRIBUTES if hasattr(searchable, a)), None)
+        if old is not None:
+            raise ValueError(f"{searchable.__name__} sets {old!r}; it was renamed to {RENAMED_ATTRIBUTES[old]!r}")
         _LAYERS[float_layer] = searchable
         return searchable
     return wrap

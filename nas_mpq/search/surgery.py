@@ -58,11 +58,11 @@ class _SpaceGrouping:
         rule = self._rule(layer_name, param)
         if rule is not None and rule.exclude:
             return {}
-        granularity = rule.granularity if rule and rule.granularity else cls.default_granularity
-        if granularity not in {"tensor", cls.default_granularity, *cls.granularities}:
-            raise ValueError(f"granularity {granularity!r} (rule {rule.pattern!r}) does not apply to the "
+        grouping = rule.grouping if rule and rule.grouping else cls.default_grouping
+        if grouping not in {"tensor", cls.default_grouping, *cls.groupings}:
+            raise ValueError(f"grouping {grouping!r} (rule {rule.pattern!r}) does not apply to the "
                              f"{cls.__name__.removeprefix('Search').lower()} {layer_name!r}")
-        return cls.param_slices(mod, param, granularity, rule)
+        return cls.param_slices(mod, param, grouping, rule)
 
     def choice(self, layer_name: str, key: str, w: torch.Tensor) -> MixedPrecisionChoice:
         rule = self._rule(layer_name, key.split(":")[0])
@@ -126,7 +126,7 @@ def _replace_layers(model: nn.Module, grouping: _SpaceGrouping | _PlanGrouping) 
             tied = {param + k[len(first):]: GroupSlice(param, s.rows, s.axis) for k, s in first_slices.items()}
             if own is not None and own != tied:
                 raise ValueError(f"{layer_name!r} shares its weight with a layer grouped differently "
-                                 f"({sorted(tied)} vs {sorted(own)}); give tied layers the same granularity")
+                                 f"({sorted(tied)} vs {sorted(own)}); give tied layers the same grouping")
             groups.update(tied)
             shared.update({param + k[len(first):]: c for k, c in first_choices.items()})
         if not groups:

@@ -16,7 +16,7 @@ from ..search.knapsack import solve_knapsack
 
 
 def _with_budget(template: PrecisionPlan, budget: Budget) -> PrecisionPlan:
-    return PrecisionPlan(template.search_space, template.candidates, dict(template.groups),
+    return PrecisionPlan(template.space_name, template.candidates, dict(template.groups),
                          template.fixed_numel, budget, dict(template.extra))
 
 

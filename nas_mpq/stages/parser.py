@@ -11,8 +11,13 @@ key they do not have, on the command line and in a config file, and a float that
 
     --model.budget.valeu 2     ->  model.budget has no key 'valeu'; valid keys: ['kind', 'value']
     --model.budget.value nan   ->  model.budget.value must be a finite number, got nan
-    rules: [{pattern: rnn, granularty: gate}]
-                               ->  a rule of model.space.rules has no key 'granularty'; valid keys: ['pattern', ...]
+    rules: [{pattern: rnn, groupng: gate}]
+                               ->  a rule of model.space.rules has no key 'groupng'; valid keys: ['pattern', ...]
+
+A key that was renamed is refused with its new name (search.space.RENAMED_KEYS):
+
+    --model.space.granularity head
+                               ->  model.space has no key 'granularity'; it was renamed to 'grouping'
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from pytorch_lightning.cli import LightningArgumentParser
 from nas_mpq.errors import describe_yaml_error
 from nas_mpq.lit import SpaceConfig
 from nas_mpq.plan import Budget
-from nas_mpq.search.space import GroupRule
+from nas_mpq.search.space import GroupRule, renamed_key_message
 
 PIPELINE_STAGES = ("pretrain", "search", "finalize")
 PIPELINE_SHARED = ("data", "seed_everything", "wandb")
@@ -77,16 +82,19 @@ def pipeline_section(config: Any, section: str, path: str | Path) -> dict | None
 def clearer_message(message: str, sections: Iterable[str] = tuple(CONFIG_SECTIONS)) -> str:
     """jsonargparse's `message`, or one line naming what is valid if it refuses an unknown key
     under one of `sections` (the model.space / model.budget the stage takes) or in a rule of
-    model.space.rules, or a NaN or infinite float."""
+    model.space.rules (saying the new name of a renamed key), or a NaN or infinite float."""
     for pattern in _UNKNOWN_KEY:
         found = pattern.search(message)
         if found and found[1] in sections:
             section, key = found.groups()
             valid = [f.name for f in fields(CONFIG_SECTIONS[section])]
-            return f"model.{section} has no key {key!r}; valid keys: {valid}"
+            return ((section == "space" and renamed_key_message([key], "model.space"))
+                    or f"model.{section} has no key {key!r}; valid keys: {valid}")
     found = _UNKNOWN_RULE_KEY.search(message)
     if found and "space" in sections:
-        return f"a rule of model.space.rules has no key {found[1]!r}; valid keys: {[f.name for f in fields(GroupRule)]}"
+        where = "a rule of model.space.rules"
+        return (renamed_key_message([found[1]], where)
+                or f"{where} has no key {found[1]!r}; valid keys: {[f.name for f in fields(GroupRule)]}")
     found = _NOT_FINITE.search(message)
     if found:
         return f"{found[1]} must be a finite number, got {found[2]}"

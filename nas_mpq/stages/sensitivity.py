@@ -61,14 +61,15 @@ def _measure(cfg: Any, net: Any, module: SupernetModule, template: PrecisionPlan
              dm: Any) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
     """Omega per group and bit-width by the method `cfg` names (hessian or kl), and the content of
     sensitivity.json."""
-    space = module.space
+    search_space = module.search_space
+    candidates, method, per_channel = search_space.candidates, search_space.method, search_space.per_channel
     if cfg.method == "hessian":
         est = hutchinson_traces(net, _loss, _take(dm.train_dataloader(), cfg.num_batches), template.groups,
                                 max_samples=cfg.max_samples, tol=cfg.tol, seed=cfg.seed_everything)
-        omega = hawq_omega(net, template.groups, est.traces, space.candidates, space.method, space.per_channel)
+        omega = hawq_omega(net, template.groups, est.traces, candidates, method, per_channel)
         return omega, sensitivity_report(cfg.method, module.budget, template.groups, omega, est.traces, est.samples)
-    omega = kl_sensitivity(net, template.groups, space.candidates, _take(dm.search_dataloader(), cfg.num_batches),
-                           lambda m, b: batch_logits(m, b, None)[0], space.method, space.per_channel)
+    omega = kl_sensitivity(net, template.groups, candidates, _take(dm.search_dataloader(), cfg.num_batches),
+                           lambda m, b: batch_logits(m, b, None)[0], method, per_channel)
     return omega, sensitivity_report(cfg.method, module.budget, template.groups, omega)
 
 
@@ -78,9 +79,9 @@ def run(argv: list[str]) -> int:
     cli.run_dir.mkdir(parents=True, exist_ok=True)
     net = to_float_(module.net).eval()
     load_net_weights(net, cfg.ckpt)  # a checkpoint that does not fit fails here, before any work
-    space, budget = module.space, module.budget
-    template = uniform_plan(net, space, 32)
-    template = PrecisionPlan(template.search_space, space.candidates, template.groups,
+    search_space, budget = module.search_space, module.budget
+    template = uniform_plan(net, search_space, 32)
+    template = PrecisionPlan(template.space_name, search_space.candidates, template.groups,
                              template.fixed_numel, budget)
     if cfg.method in ("hessian", "kl"):
         omega, report = _measure(cfg, net, module, template, cli.datamodule)
@@ -90,7 +91,7 @@ def run(argv: list[str]) -> int:
     elif cfg.method == "uniform":
         bits = cfg.bits if cfg.bits is not None else uniform_bits_for(template)
         if bits is None:
-            raise SystemExit(f"error: no uniform bit-width among {space.candidates} meets the budget")
+            raise SystemExit(f"error: no uniform bit-width among {search_space.candidates} meets the budget")
         plan = uniform_plan_for(template, bits, budget)
     else:
         plan = random_plan(template, budget, seed=cfg.seed_everything)

@@ -36,7 +36,7 @@ def test_rules_from_yaml_for_a_network_nobody_registered(tmp_path, corpus_dir):
     space = {"name": "gru_lm", "candidates": [2, 4, 8], "full_coverage": True,
              "rules": [{"pattern": "out.weight", "candidates": [4, 8]}, {"pattern": "gru", "exclude": True}]}
     cli = SearchCLI(["--config", search_config(tmp_path, corpus_dir, space), "--run_dir", str(tmp_path / "run")])
-    assert cli.model.space.rules == [GroupRule("out.weight", candidates=[4, 8]), GroupRule("gru", exclude=True)]
+    assert cli.model.search_space.rules == [GroupRule("out.weight", candidates=[4, 8]), GroupRule("gru", exclude=True)]
     assert {g.name: g.choice.candidates for g in search_groups(cli.model.net)} == {
         "embed.weight": [2, 4, 8], "out.weight": [4, 8]}
     coverage = cli.model.derive_plan().extra["coverage"]

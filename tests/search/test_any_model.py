@@ -10,8 +10,8 @@ from torch import nn
 from nas_mpq.lit import SpaceConfig, SupernetModule
 from nas_mpq.plan import PrecisionPlan
 from nas_mpq.search import (GroupRule, SearchLinear, SearchMultiheadAttention, SearchSpace, SubstitutedForward,
-                            apply_plan_, derive_plan, find_layer, prepare_search_, register_layer, search_groups,
-                            to_float_)
+                            apply_plan_, derive_plan, find_layer, prepare_search_, register_layer, registered_layers,
+                            search_groups, to_float_)
 
 
 class ScaledInit(nn.Linear):
@@ -98,7 +98,7 @@ def test_supernet_at_32_bits_equals_the_float_model_and_everything_gets_a_gradie
     assert all(type(p) is nn.Parameter for p in net.parameters())  # the substituted weights are back
 
 
-@pytest.mark.parametrize("rules", [[], [GroupRule("attn", granularity="head", blocks=2)]])
+@pytest.mark.parametrize("rules", [[], [GroupRule("attn", grouping="head", blocks=2)]])
 def test_one_hot_choice_equals_the_plan_applied_without_a_space(rules, tmp_path):
     space = SearchSpace("mixed", rules=rules, method="lsq", per_channel=True)
     net, fixed = Mixed(), Mixed()
@@ -116,7 +116,7 @@ def test_one_hot_choice_equals_the_plan_applied_without_a_space(rules, tmp_path)
 
 
 def test_attention_heads_and_separate_projections():
-    net = prepare_search_(Mixed(), SearchSpace("mixed", rules=[GroupRule("attn", granularity="head", blocks=2)]))
+    net = prepare_search_(Mixed(), SearchSpace("mixed", rules=[GroupRule("attn", grouping="head", blocks=2)]))
     heads = {g.name: g.plan for g in search_groups(net) if g.name.startswith("attn.")}
     assert heads["attn.in_proj_weight:k.h1"].rows == (24, 32)
     assert (heads["attn.out_proj.weight:h1"].rows, heads["attn.out_proj.weight:h1"].axis) == ((8, 16), 1)
@@ -146,8 +146,8 @@ def test_rules_over_parameter_names():
         four = net(x)
         out_proj.theta.copy_(torch.tensor([0.0, 1.0]))  # 8 bits
         assert not torch.equal(four, net(x))
-    with pytest.raises(ValueError, match="granularity 'gate' .* does not apply to the linear 'head'"):
-        prepare_search_(Mixed(), SearchSpace("mixed", rules=[GroupRule("head", granularity="gate")]))
+    with pytest.raises(ValueError, match="grouping 'gate' .* does not apply to the linear 'head'"):
+        prepare_search_(Mixed(), SearchSpace("mixed", rules=[GroupRule("head", grouping="gate")]))
 
 
 class OwnForward(nn.Linear):
@@ -184,6 +184,14 @@ def test_a_forward_override_is_named_and_a_registered_layer_is_searched():
     assert type(net[1]) is Transposed and torch.equal(net(torch.ones(2, 4)), ref)
     with pytest.raises(ValueError, match="already registered"):
         register_layer(Transposed)(SearchTransposed)
+
+
+@pytest.mark.parametrize("old, new", [("granularities", "groupings"), ("default_granularity", "default_grouping")])
+def test_a_searchable_layer_setting_an_old_attribute_name_is_refused(old, new):
+    searchable = type("SearchOldStyle", (SubstitutedForward, Transposed), {old: ("head",)})
+    with pytest.raises(ValueError, match=f"^SearchOldStyle sets '{old}'; it was renamed to '{new}'$"):
+        register_layer("tests.OldStyle")(searchable)
+    assert "tests.OldStyle" not in registered_layers()
 
 
 def test_a_plan_for_another_model_names_the_groups():

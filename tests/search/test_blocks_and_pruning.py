@@ -16,7 +16,7 @@ def tiny_transformer(seed=0):
 
 
 def test_per_head_groups_slice_rows_of_qkv_and_columns_of_o():
-    net = prepare_search_(tiny_transformer(), transformer_lm_space(granularity="head", blocks=4))
+    net = prepare_search_(tiny_transformer(), transformer_lm_space(grouping="head", blocks=4))
     groups = {g.name: g.plan for g in search_groups(net)}
     assert groups["blocks.0.attn.k.weight:h2"].rows == (8, 12) and groups["blocks.0.attn.k.weight:h2"].axis == 0
     o = groups["blocks.0.attn.o.weight:h3"]
@@ -28,8 +28,8 @@ def test_per_head_groups_slice_rows_of_qkv_and_columns_of_o():
 
 
 def test_at_32_bits_every_grouping_is_the_float_model():
-    for net, space in ((tiny_transformer(), transformer_lm_space(candidates=[32], granularity="head", blocks=4)),
-                       (ResNetCNN(width=4), cnn_space(candidates=[32], granularity="block", blocks=2))):
+    for net, space in ((tiny_transformer(), transformer_lm_space(candidates=[32], grouping="head", blocks=4)),
+                       (ResNetCNN(width=4), cnn_space(candidates=[32], grouping="block", blocks=2))):
         x = net.example_input(3)
         ref = net.eval()(*x)
         prepare_search_(net, space).eval()
@@ -38,7 +38,7 @@ def test_at_32_bits_every_grouping_is_the_float_model():
 
 
 def test_macs_per_sample():
-    net = prepare_search_(ResNetCNN(width=4, image_size=8), cnn_space(granularity="block", blocks=2))
+    net = prepare_search_(ResNetCNN(width=4, image_size=8), cnn_space(grouping="block", blocks=2))
     groups = {g.name: g.plan for g in search_groups(net)}
     stem = groups["stem_conv.weight:b0"]  # 2 of 4 output channels, 1 x 3 x 3 each, on 8 x 8 outputs
     assert (stem.numel, stem.macs) == (18, 18 * 64)
@@ -61,7 +61,7 @@ def test_bitops_budget_plan_meets_it():
 
 
 def test_pruning_never_removes_every_head_of_a_projection():
-    space = transformer_lm_space(granularity="head", blocks=4, prune=True)
+    space = transformer_lm_space(grouping="head", blocks=4, prune=True)
     net = prepare_search_(tiny_transformer(), space)
     with torch.no_grad():
         for g in search_groups(net):  # every head votes to be pruned
@@ -79,15 +79,15 @@ def test_pruning_never_removes_every_head_of_a_projection():
 
 def test_bad_groupings_are_clear_errors():
     with pytest.raises(ValueError, match="needs blocks"):
-        GroupRule("x", granularity="head")
+        GroupRule("x", grouping="head")
     with pytest.raises(ValueError, match="axis must be 0"):
-        GroupRule("x", granularity="block", blocks=2, axis=1)
+        GroupRule("x", grouping="block", blocks=2, axis=1)
     with pytest.raises(ValueError, match="cannot split 'weight' .* into 3 equal blocks"):
-        prepare_search_(tiny_transformer(), transformer_lm_space(granularity="head", blocks=3))
+        prepare_search_(tiny_transformer(), transformer_lm_space(grouping="head", blocks=3))
     with pytest.raises(ValueError, match="does not apply to the embedding"):
         from nas_mpq.search import SearchSpace
-        prepare_search_(tiny_transformer(), SearchSpace("x", [2], [GroupRule("encoder", granularity="block", blocks=2)]))
-    with pytest.raises(ValueError, match="prune needs granularity 'head'"):
+        prepare_search_(tiny_transformer(), SearchSpace("x", [2], [GroupRule("encoder", grouping="block", blocks=2)]))
+    with pytest.raises(ValueError, match="prune needs grouping 'head'"):
         transformer_lm_space(prune=True)
     with pytest.raises(ValueError, match=r"search space 'lstm_lm' has no option\(s\) \['blocks'\]"):
         get_search_space("lstm_lm").space(blocks=4)

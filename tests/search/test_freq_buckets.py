@@ -88,11 +88,11 @@ def test_transformer_buckets_and_tied_layers_must_agree():
     assert {g.name for g in search_groups(net) if g.name.startswith(("encoder", "decoder"))} == {"encoder.weight:f0",
                                                                                              "encoder.weight:f1"}
     from nas_mpq.search import GroupRule, SearchSpace
-    odd = SearchSpace("transformer_lm", [1, 2], rules=[GroupRule("encoder", granularity="freq_buckets", blocks=2)])
+    odd = SearchSpace("transformer_lm", [1, 2], rules=[GroupRule("encoder", grouping="freq_buckets", blocks=2)])
     with pytest.raises(ValueError, match="shares its weight with a layer grouped differently"):
         prepare_search_(TransformerLM(40, d_model=8, num_heads=2, num_layers=1, max_len=8, tie_weights=True), odd)
-    with pytest.raises(ValueError, match="granularity 'freq_buckets' .* does not apply to the lstm 'rnn'"):
-        prepare_search_(tiny_lm(), SearchSpace("lstm_lm", [1, 2], rules=[GroupRule("rnn", granularity="freq_buckets",
+    with pytest.raises(ValueError, match="grouping 'freq_buckets' .* does not apply to the lstm 'rnn'"):
+        prepare_search_(tiny_lm(), SearchSpace("lstm_lm", [1, 2], rules=[GroupRule("rnn", grouping="freq_buckets",
                                                                                     blocks=2)]))
     budget_plan = derive_plan(net, transformer_lm_space(freq_buckets=2), Budget("avg_bits", 2.0))
     # one group per bucket, shared by the tied layers: the decoder has none of its own

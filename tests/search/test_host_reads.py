@@ -22,8 +22,8 @@ MODELS = {
     "lstm_buckets_lsq": lambda: (tiny_lm(vocab=40, dim=8, tie=True),
                                  lstm_lm_space(method="lsq", per_channel=True, freq_buckets=2)),
     "transformer_heads": lambda: (TransformerLM(40, 16, 2, 1, max_len=8, dropout=0.0),
-                                  transformer_lm_space(granularity="head", blocks=2, activation_candidates=[4, 8, 32])),
-    "cnn_blocks_prune": lambda: (ResNetCNN(10, width=8), cnn_space(granularity="block", blocks=2, prune=True,
+                                  transformer_lm_space(grouping="head", blocks=2, activation_candidates=[4, 8, 32])),
+    "cnn_blocks_prune": lambda: (ResNetCNN(10, width=8), cnn_space(grouping="block", blocks=2, prune=True,
                                                                     activation_candidates=[4, 32])),
 }
 

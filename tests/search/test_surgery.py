@@ -23,7 +23,7 @@ def test_groups_of_the_default_space():
     assert isinstance(net.rnn, SearchLSTM)
     g = search_groups(net)[1].plan
     assert (g.param, g.rows, g.numel) == ("rnn.weight_ih_l0", (0, 8), 64)
-    tensor = prepare_search_(tiny_lm(), lstm_lm_space(granularity="tensor"))
+    tensor = prepare_search_(tiny_lm(), lstm_lm_space(grouping="tensor"))
     assert len(search_groups(tensor)) == 2 + 4
 
 

@@ -8,7 +8,7 @@ from nas_mpq.stages.parser import clearer_message
 from nas_mpq.stages.pretrain import run as run_pretrain
 from nas_mpq.stages.search import run as run_search
 
-SPACE_KEYS = ("['name', 'candidates', 'granularity', 'method', 'per_channel', 'blocks', 'prune', 'activation_candidates', "
+SPACE_KEYS = ("['name', 'candidates', 'grouping', 'method', 'per_channel', 'blocks', 'prune', 'activation_candidates', "
               "'freq_buckets', 'rules', 'full_coverage']")
 
 
@@ -24,12 +24,19 @@ def refusal(runner, argv, capsys) -> str:
     raise AssertionError(f"{argv} was accepted")
 
 
+RENAMED = "has no key 'granularity'; it was renamed to 'grouping'"
+
+
 @pytest.mark.parametrize("runner, extra", [(run_search, []), (run_pretrain, []), (run_finalize, ["--plan", "p.json"])],
                          ids=["search", "pretrain", "finalize"])
-def test_unknown_space_key_names_the_valid_keys(config, tmp_path, capsys, runner, extra):
-    argv = ["--config", str(config), "--run_dir", str(tmp_path / "r"), *extra, "--model.space.candidatez", "[2]",
+@pytest.mark.parametrize("key, expected", [
+    ("candidatez", f"model.space has no key 'candidatez'; valid keys: {SPACE_KEYS}"),
+    ("granularity", f"model.space {RENAMED}"),
+], ids=["unknown", "renamed"])
+def test_unknown_space_key_names_the_valid_keys_or_its_new_name(config, tmp_path, capsys, runner, extra, key, expected):
+    argv = ["--config", str(config), "--run_dir", str(tmp_path / "r"), *extra, f"--model.space.{key}", "[2]",
             "--print_config"]
-    assert refusal(runner, argv, capsys).endswith(f"model.space has no key 'candidatez'; valid keys: {SPACE_KEYS}")
+    assert refusal(runner, argv, capsys).endswith(expected)
 
 
 def test_unknown_budget_key_on_the_command_line_and_in_a_config_file(config, tmp_path, capsys):
@@ -44,12 +51,23 @@ def test_unknown_budget_key_on_the_command_line_and_in_a_config_file(config, tmp
 
 def test_unknown_key_in_a_rule_names_the_rule_keys(config, tmp_path, capsys):
     cfg = yaml.safe_load(config.read_text())
-    cfg["search"]["model"]["space"] = {"rules": [{"pattern": "rnn", "granularty": "gate"}]}
+    cfg["search"]["model"]["space"] = {"rules": [{"pattern": "rnn", "groupng": "gate"}]}
     config.write_text(yaml.safe_dump(cfg))
     argv = ["--config", str(config), "--run_dir", str(tmp_path / "r"), "--print_config"]
     assert refusal(run_search, argv, capsys).endswith(
-        "a rule of model.space.rules has no key 'granularty'; valid keys: "
-        "['pattern', 'granularity', 'candidates', 'exclude', 'blocks', 'axis']")
+        "a rule of model.space.rules has no key 'groupng'; valid keys: "
+        "['pattern', 'grouping', 'candidates', 'exclude', 'blocks', 'axis']")
+
+
+@pytest.mark.parametrize("space, where", [({"name": "lstm_lm", "granularity": "tensor"}, "model.space"),
+                                          ({"rules": [{"pattern": "rnn", "granularity": "tensor"}]},
+                                           "a rule of model.space.rules")], ids=["space", "rule"])
+def test_the_old_key_granularity_in_a_config_file_names_grouping(config, tmp_path, capsys, space, where):
+    cfg = yaml.safe_load(config.read_text())
+    cfg["search"]["model"]["space"] = space
+    config.write_text(yaml.safe_dump(cfg))
+    argv = ["--config", str(config), "--run_dir", str(tmp_path / "r"), "--print_config"]
+    assert refusal(run_search, argv, capsys).endswith(f"{where} {RENAMED}")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
@@ -60,6 +78,7 @@ def test_a_budget_that_is_not_finite_is_named(config, tmp_path, capsys, value):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--model.space.candidates", "[]", r"candidates \[\] is empty"),
+    ("--model.space.grouping", "head", r"^unknown grouping 'head' for lstm_lm; valid: \['gate', 'tensor'\]$"),
     ("--model.budget.value", "40", r"budget avg_bits=40.0 does not constrain the search: .* valid budgets lie between "
                                    r"avg_bits=1.0000 \(the smallest plan\) and avg_bits=32.0000"),
 ])
