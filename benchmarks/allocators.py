@@ -276,6 +276,18 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
     return bench.finalize(base / f"fin-{arm}-s{seed}", plan, seed)
 
 
+def finalized_runs(budget_dir: Path) -> dict[str, list[Path]]:
+    """The finished finalize runs under one budget's directory, by the name of the run whose plan
+    each finalized (read from its bench_run.json)."""
+    out: dict[str, list[Path]] = {}
+    for fin in sorted(budget_dir.glob("fin-*")):
+        record = fin / "bench_run.json"
+        if (fin / "metrics.json").exists() and record.exists():
+            args = json.loads(record.read_text())["args"]
+            out.setdefault(Path(args[args.index("--plan") + 1]).parent.name, []).append(fin)
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     def stats(key: str) -> dict[str, float | None]:
         values = [r[key] for r in runs if r.get(key) is not None]

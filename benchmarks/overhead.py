@@ -13,6 +13,9 @@ Adam step):
                 the multiplier's update (two batches, so about twice a step by construction);
   bilevel_every2, bilevel_every4
                 the same with arch_every 2 and 4: the arch step on every 2nd / 4th batch only;
+  post_training one step of the post-training search (train_weights false): the arch step on a
+                search batch with the weights frozen (no weight gradient, each weight's scales
+                fitted once) and the multiplier's update; the training batch only keeps time;
   kpath         the reference without the composite weight: K = 5 forward passes, one per
                 candidate, their logits mixed by the sample (K quantized weight sets and K sets of
                 activations kept for backward).
@@ -158,6 +161,25 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
     return step
 
 
+def post_training_step(s: Setup, search_batch: tuple) -> Step:
+    """One step of SupernetModule's search with train_weights false: the arch step on the search
+    batch, the weights frozen, then the multiplier's update."""
+    net, weights, theta = supernet(s)
+    for p in weights:
+        p.requires_grad_(False)
+    a_opt = torch.optim.Adam(theta, lr=3e-2)
+    budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
+    mu = torch.zeros(())
+
+    def step(batch: tuple) -> None:
+        a_opt.zero_grad()
+        (loss_of(net, search_batch) + budget.penalty(mu, 5.0)).backward()
+        nn.utils.clip_grad_norm_(theta, 5.0)
+        a_opt.step()
+        mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
+    return step
+
+
 def kpath_step(s: Setup) -> Step:
     """K full forward passes with every group at candidate k, logits mixed by one sample y."""
     net = prepare_search_(make_net(s), s.space)
@@ -268,6 +290,7 @@ def main() -> None:
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
+        "post_training": lambda: post_training_step(s, search_batch),
     }
     memory = {name: peak_memory(build, batches) for name, build in builders.items()}
     for k in ARCH_EVERY[1:]:
@@ -283,15 +306,17 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
     windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
-    iterations = {f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY}
+    iterations = {**{f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY},
+                  "post_training": "post_training"}
     groups = len(search_groups(prepare_search_(make_net(s), s.space)))
     result = {
         "model": f"{s.describe}, candidates {CANDIDATES}, {groups} groups",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
-        "step_ratio": {k: round(median[k] / median["fp32"], 3) for k in ("supernet", "bilevel", "kpath")},
-        "memory_ratio": {k: round(memory[k] / memory["fp32"], 3) for k in ("supernet", "bilevel", "kpath")},
+        "step_ratio": {k: round(median[k] / median["fp32"], 3) for k in ("supernet", "bilevel", "kpath", "post_training")},
+        "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
+                         for k in ("supernet", "bilevel", "kpath", "post_training")},
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},
         "goals": {"step_ratio.supernet": 1.20 if args.space == "cnn" else 1.10,

@@ -3,7 +3,8 @@ size and the same number of epochs, both as Lightning runs of the quick LSTM con
 (configs/shakespeare_lstm/quick.yaml: 2 x 128 LSTM, 2k vocabulary, batches 32 x 35; the FP32 run
 as its pretrain stage, the search as its search stage, validation included in both). The search
 runs once per `arch_every` asked for; the runs are interleaved round by round (FP32, then each
-search), so machine noise hits them alike. Prints JSON.
+search), so machine noise hits them alike; then the post-training search (train_weights false,
+no warm-up), the same epochs. Prints JSON.
 
     python benchmarks/search_wall.py [--epochs 1] [--limit_batches N] [--rounds 3]
 """
@@ -44,9 +45,10 @@ def _modules(cfg: dict[str, Any], vocab: int) -> dict[str, Callable[..., TaskMod
     options = {k: v for k, v in search.items() if k not in ("net", "space", "budget", "optimizer", "arch_optimizer")}
     return {
         "fp32": lambda: TrainModule(_build(pretrain["net"], vocab_size=vocab), _factory(pretrain["optimizer"])),
-        "search": lambda arch_every: SupernetModule(
+        "search": lambda arch_every, **more: SupernetModule(
             _build(search["net"], vocab_size=vocab), SpaceConfig(**search["space"]), Budget(**search["budget"]),
-            _factory(search["optimizer"]), _factory(search["arch_optimizer"]), arch_every=arch_every, **options),
+            _factory(search["optimizer"]), _factory(search["arch_optimizer"]), arch_every=arch_every,
+            **{**options, **more}),
     }
 
 
@@ -68,7 +70,8 @@ def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: 
     cfg = yaml.safe_load(QUICK.read_text())
     data = LMDataModule(**cfg["data"])
     modules = _modules(cfg, data.vocab_size)  # the corpus is read and encoded here, before any timing
-    seconds: dict[str, list[float]] = {"fp32": [], **{f"search_arch_every_{k}": [] for k in arch_every}}
+    seconds: dict[str, list[float]] = {"fp32": [], **{f"search_arch_every_{k}": [] for k in arch_every},
+                                       "search_post_training": []}
     for _ in range(rounds):
         pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
         seconds["fp32"].append(_fit_seconds(modules["fp32"](), cfg["pretrain"]["trainer"], data, epochs,
@@ -77,6 +80,10 @@ def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: 
             pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
             seconds[f"search_arch_every_{k}"].append(_fit_seconds(modules["search"](k), cfg["search"]["trainer"],
                                                                   data, epochs, limit_batches))
+        pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
+        post_training = modules["search"](1, train_weights=False, warmup_fraction=0.0)
+        seconds["search_post_training"].append(_fit_seconds(post_training, cfg["search"]["trainer"], data, epochs,
+                                                            limit_batches))
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
         "config": str(QUICK.relative_to(QUICK.parent.parent.parent)), "epochs": epochs,

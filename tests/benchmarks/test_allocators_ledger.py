@@ -24,7 +24,7 @@ def bench_env(tmp_path, monkeypatch):
     alloc = load_allocators()
     configs = tmp_path / "configs"
     configs.mkdir()
-    for name in ("pretrain", "pretrain_continued", "search", "finalize"):
+    for name in ("pretrain", "pretrain_continued", "search", "search_frozen", "finalize"):
         (configs / f"{name}.yaml").write_text(f"# {name}\n")
     calls = []
     val = {"ppl": 100.0}
@@ -126,3 +126,24 @@ def test_the_frozen_arm_searches_from_kl_with_the_weights_frozen(bench_env):
     assert searches["nas-kl-s0"][-2:] == ["--model.init_sensitivity", kl]
     assert [c[:2] for c in calls].count(("sensitivity", "sens-kl")) == 1  # one KL run serves both arms
     assert ("finalize", "fin-nas_kl_frozen-s0") in [c[:2] for c in calls]
+
+
+def test_the_post_training_arms_search_with_their_config_and_start(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    for arm in ("nas_frozen", "nas_hessian_frozen"):
+        alloc.run_arm(bench, arm, 2.0, [0, 1], [1, 2, 4, 8, 32])
+    args = {name: json.loads((tmp / "runs" / "avg2" / name / "bench_run.json").read_text())["args"]
+            for name in ("nas-frozen-s1", "nas-hessian-frozen-s1")}
+    frozen_config = str(configs / "search_frozen.yaml")
+    assert args["nas-frozen-s1"][:3] == ["search", "--config", frozen_config]
+    assert "--model.init_sensitivity" not in args["nas-frozen-s1"] and "--model.optimizer.lr" not in args["nas-frozen-s1"]
+    hessian = str(tmp / "runs" / "avg2" / "sens-hessian" / "sensitivity.json")
+    assert args["nas-hessian-frozen-s1"] == [*args["nas-frozen-s1"], "--model.init_sensitivity", hessian]
+    # every finalize is found by the plan it finalized
+    found = alloc.finalized_runs(tmp / "runs" / "avg2")
+    assert {k: [p.name for p in v] for k, v in found.items()} == {
+        "nas-frozen-s0": ["fin-nas_frozen-s0"], "nas-frozen-s1": ["fin-nas_frozen-s1"],
+        "nas-hessian-frozen-s0": ["fin-nas_hessian_frozen-s0"],
+        "nas-hessian-frozen-s1": ["fin-nas_hessian_frozen-s1"]}
