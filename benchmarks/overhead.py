@@ -314,7 +314,8 @@ def main() -> None:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
-        "step_ratio": {k: round(median[k] / median["fp32"], 3) for k in ("supernet", "bilevel", "kpath", "post_training")},
+        "step_ratio": {k: round(median[k] / median["fp32"], 3)
+                       for k in ("supernet", "bilevel", "kpath", "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
                          for k in ("supernet", "bilevel", "kpath", "post_training")},
         "iteration_windows": len(window_means(times["fp32"])),

@@ -25,7 +25,8 @@ post-training search: the training batch only keeps time, no weight step, no wei
 each weight's scales fitted once); set `warmup_fraction: 0` with it.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
-two-sided), lambda ramped linearly after the warm-up. The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py),
+two-sided), lambda ramped linearly after the warm-up.
+The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py),
 of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
 (`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
 would return at that point (the repaired argmax), so the plan returned is one that was validated.
@@ -303,8 +304,9 @@ class SupernetModule(TaskModule):
         return True
 
     def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan (of the best validated epoch with `plan_from: best_val`), repaired to meet the budget (plan.extra["repair"] says how far,
-        plan.extra["search_epoch"] which epoch's choices it is)."""
+        """The argmax plan (of the best validated epoch with `plan_from: best_val`), repaired to
+        meet the budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which
+        epoch's choices it is)."""
         best = self.best_choices if self.hparams.plan_from == "best_val" else None
         if best is None:
             plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)

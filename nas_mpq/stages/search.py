@@ -44,6 +44,7 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
                "size_bits": r.size_bits, "fp32_size_bits": r.fp32_size_bits,
                "compression": r.compression, "avg_bits": r.avg_bits,
                "bits_used": sorted(set(plan.bits.values())), "repair": plan.extra.get("repair"),
+               "search_epoch": plan.extra.get("search_epoch"),
                **({"activation_bits": plan.activation_bits} if plan.activations else {})}
     print(plan.summary_table())
     print(coverage_summary(plan.extra["coverage"]))
