@@ -87,6 +87,10 @@ def test_sensitivity_stage(config, tmp_path, method):
                  "--run_dir", str(run), "--num_batches", "2", "--max_samples", "20"]) == 0
     plan = PrecisionPlan.load(run / "plan.json")
     assert plan.meets_budget() and plan.extra["allocator"] == method
+    if method == "uniform":  # the largest width that fits avg 2 bits: 2 everywhere
+        assert set(plan.bits.values()) == {2}
+    if method == "random":  # a random plan that fills the budget (>= 99 %) with mixed widths
+        assert plan.size().avg_bits >= 0.99 * 2.0 and len(set(plan.bits.values())) >= 2
     if method in ("hessian", "kl"):
         report = json.loads((run / "sensitivity.json").read_text())
         assert report["method"] == method and set(report["groups"]) == set(plan.groups)
