@@ -6,7 +6,8 @@ from conftest import tiny_lm
 from nas_mpq.data import LMDataModule
 from nas_mpq.lit import FinalizeModule, TrainModule, SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
-from nas_mpq.search import search_groups, uniform_plan
+from nas_mpq.search import activation_groups, search_groups, uniform_plan
+from nas_mpq.search.choice import record_argmax_
 from search_spaces.cnn import ResNetCNN
 from search_spaces.lstm_lm import lstm_lm_space
 
@@ -318,3 +319,24 @@ def test_the_plan_returned_is_the_plan_validated(corpus_dir, tmp_path):
     val = trainer().validate(check, datamodule=datamodule(corpus_dir), verbose=False)[0]["val/ppl"]
     assert val == pytest.approx(best["val_ppl"], rel=1e-4)
     assert all(g.choice.pinned is None for g in search_groups(module.net))  # pins last one validation
+
+
+def test_a_pinned_plan_is_what_evaluation_forwards_run_weights_and_inputs():
+    space = SpaceConfig(name="cnn", activation_candidates=[4, 8, 32])
+    module = SupernetModule(ResNetCNN(width=4), space=space, budget=Budget("bitops", 5e7))
+    choices = [g.choice for g in search_groups(module.net) + activation_groups(module.net)]
+    with torch.no_grad():  # an argmax at the largest candidate everywhere...
+        for c in choices:
+            c.theta.copy_(torch.arange(len(c.candidates), dtype=torch.float))
+    plan = module.derive_plan()  # ...repaired to the budget: not the argmax
+    module.pin_evaluation(plan)
+    record_argmax_(choices)
+    wanted = {**plan.bits, **plan.activation_bits}
+    names = [g.name for g in search_groups(module.net) + activation_groups(module.net)]
+    assert [c.argmax_bits() for c in choices] == [wanted[n] for n in names]
+    assert any(c.argmax_index() != len(c.candidates) - 1 for c in choices)
+    module.pin_evaluation(None)
+    for c in choices:
+        c.set_sample(None)
+    record_argmax_(choices)
+    assert all(c.argmax_index() == len(c.candidates) - 1 for c in choices)
