@@ -306,7 +306,8 @@ def plot(results: dict, fp32: dict, path: Path) -> None:
     ax = fig.subplots()
     arms = sorted({arm for b in results.values() for arm in b})
     for i, arm in enumerate(arms):
-        pts = [(s["avg_bits"]["mean"] + 0.003 * (i - len(arms) / 2), s["test_ppl"]["mean"], s["test_ppl"]["std"])
+        dodge = 0.02 * (i / max(len(arms) - 1, 1) - 0.5)  # arms side by side, at most 0.01 bits off
+        pts = [(s["avg_bits"]["mean"] + dodge, s["test_ppl"]["mean"], s["test_ppl"]["std"])
                for b in results.values() for a, s in b.items() if a == arm and s["test_ppl"]["mean"] is not None]
         if pts:
             xs, ys, es = zip(*sorted(pts))
