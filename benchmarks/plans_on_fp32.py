@@ -15,7 +15,6 @@ the plans' validation perplexity on the FP32 weights and their finalized test pe
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import statistics
@@ -28,15 +27,11 @@ from scipy.stats import spearmanr
 from nas_mpq.data import LMDataModule
 from nas_mpq.lit import TrainModule, load_net_weights
 from allocators import finalized_runs
-
-
-def network(spec: dict, vocab_size: int):
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(vocab_size=vocab_size, **spec.get("init_args", {}))
+from search_wall import build
 
 
 def val_ppl_on_fp32(plan: Path, cfg: dict, data: LMDataModule, fp32_ckpt: Path) -> float:
-    net = network(cfg["model"]["net"], data.vocab_size)
+    net = build(cfg["model"]["net"], vocab_size=data.vocab_size)
     load_net_weights(net, fp32_ckpt)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     return trainer.validate(TrainModule(net, plan=str(plan)), datamodule=data, verbose=False)[0]["val/ppl"]

@@ -29,7 +29,7 @@ from nas_mpq.plan import Budget
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_lstm" / "quick.yaml"
 
 
-def _build(spec: dict[str, Any], **extra: Any) -> Any:
+def build(spec: dict[str, Any], **extra: Any) -> Any:
     """The object a class_path / init_args entry names."""
     module, _, name = spec["class_path"].rpartition(".")
     return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}), **extra)
@@ -44,9 +44,9 @@ def _modules(cfg: dict[str, Any], vocab: int) -> dict[str, Callable[..., TaskMod
     pretrain, search = cfg["pretrain"]["model"], dict(cfg["search"]["model"])
     options = {k: v for k, v in search.items() if k not in ("net", "space", "budget", "optimizer", "arch_optimizer")}
     return {
-        "fp32": lambda: TrainModule(_build(pretrain["net"], vocab_size=vocab), _factory(pretrain["optimizer"])),
+        "fp32": lambda: TrainModule(build(pretrain["net"], vocab_size=vocab), _factory(pretrain["optimizer"])),
         "search": lambda arch_every, **more: SupernetModule(
-            _build(search["net"], vocab_size=vocab), SpaceConfig(**search["space"]), Budget(**search["budget"]),
+            build(search["net"], vocab_size=vocab), SpaceConfig(**search["space"]), Budget(**search["budget"]),
             _factory(search["optimizer"]), _factory(search["arch_optimizer"]), arch_every=arch_every,
             **{**options, **more}),
     }

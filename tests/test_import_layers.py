@@ -39,7 +39,7 @@ def test_the_import_contracts_hold():
 
 
 @pytest.mark.parametrize("module, upward, broken", [
-    ("nas_mpq/plan.py", "from nas_mpq.stages import run", "nas_mpq.plan -> nas_mpq.stages.run"),
+    ("nas_mpq/plan/__init__.py", "from nas_mpq.stages import run", "nas_mpq.plan -> nas_mpq.stages.run"),
     ("nas_mpq/lit/supernet.py", "import nas_mpq.cli", "nas_mpq.lit.supernet -> nas_mpq.cli"),
     ("nas_mpq/stages/base.py", "from nas_mpq.stages import sweep", "nas_mpq.stages.base -> nas_mpq.stages.sweep"),
     ("nas_mpq/search/knapsack.py", "import pytorch_lightning", "nas_mpq.search.knapsack -> pytorch_lightning"),

@@ -128,7 +128,8 @@ class SupernetModule(TaskModule):
         elif init_prior:
             self.regularizer.init_prior_()
         self._search_iter: Iterator | None = None
-        self.best_choices: dict[str, Any] | None = None  # {"epoch", "val_ppl", "theta": {group: logits}}
+        self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
+        self._validated_plan: PrecisionPlan | None = None
         if not train_weights:
             for p in self.net.parameters():
                 p.requires_grad_(False)
@@ -167,13 +168,9 @@ class SupernetModule(TaskModule):
         self.regularizer.init_prior_(base=[torch.tensor([-omega[g.name][b] / scale for b in g.choice.candidates])
                                            for g in groups])
 
-    def choice_logits(self) -> dict[str, nn.Parameter]:
-        """theta of every searched choice (weight and activation groups), by group name."""
-        groups = search_groups(self.net) + activation_groups(self.net)
-        return {g.name: g.choice.theta for g in groups if g.choice.theta is not None}
-
     def arch_parameters(self) -> list[nn.Parameter]:
-        return list(self.choice_logits().values())
+        choices = [g.choice for g in search_groups(self.net)] + [a.choice for a in activation_groups(self.net)]
+        return [c.theta for c in choices if c.theta is not None]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         arch = self.arch_parameters()
@@ -278,7 +275,8 @@ class SupernetModule(TaskModule):
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         if self.hparams.plan_from == "best_val":
-            self.pin_evaluation(derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill))
+            self._validated_plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
+            self.pin_evaluation(self._validated_plan)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -286,7 +284,7 @@ class SupernetModule(TaskModule):
             return
         self.pin_evaluation(None)
         if not self.trainer.sanity_checking and self.val_history:
-            self.keep_if_best(self.val_history[-1], len(self.val_history) - 1)
+            self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
 
     def pin_evaluation(self, plan: PrecisionPlan | None) -> None:
         """Evaluation forwards run `plan` (None: the argmax again); training samples are unaffected."""
@@ -294,42 +292,31 @@ class SupernetModule(TaskModule):
         for g in search_groups(self.net) + activation_groups(self.net):
             g.choice.pinned = g.choice.candidates.index(bits[g.name]) if bits else None
 
-    def keep_if_best(self, val_ppl: float, epoch: int) -> bool:
-        """Keep the choices as they are now when `val_ppl` (the validation perplexity of the plan
-        derived from them) is the lowest so far; True when kept."""
-        if self.best_choices is not None and val_ppl >= self.best_choices["val_ppl"]:
+    def keep_if_best(self, plan: PrecisionPlan, val_ppl: float, epoch: int) -> bool:
+        """Keep `plan` when `val_ppl` (its validation perplexity) is the lowest so far; True when kept."""
+        if self.best_plan is not None and val_ppl >= self.best_plan["val_ppl"]:
             return False
-        self.best_choices = {"epoch": epoch, "val_ppl": val_ppl,
-                             "theta": {n: t.detach().clone() for n, t in self.choice_logits().items()}}
+        self.best_plan = {"epoch": epoch, "val_ppl": val_ppl, "plan": plan.to_dict()}
         return True
 
     def derive_plan(self) -> PrecisionPlan:
         """The argmax plan (of the best validated epoch with `plan_from: best_val`), repaired to
         meet the budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which
         epoch's choices it is)."""
-        best = self.best_choices if self.hparams.plan_from == "best_val" else None
+        best = self.best_plan if self.hparams.plan_from == "best_val" else None
         if best is None:
             plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
             plan.extra["search_epoch"] = {"epoch": len(self.val_history) - 1,
                                           "val_ppl": self.val_history[-1] if self.val_history else None}
             return plan
-        logits = self.choice_logits()
-        now = {n: t.detach().clone() for n, t in logits.items()}
-        with torch.no_grad():
-            try:
-                for n, t in logits.items():
-                    t.copy_(best["theta"][n])
-                plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
-            finally:
-                for n, t in logits.items():
-                    t.copy_(now[n])
+        plan = PrecisionPlan.from_dict(best["plan"])
         plan.extra["search_epoch"] = {"epoch": best["epoch"], "val_ppl": best["val_ppl"]}
         return plan
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["nas_mpq"]["sampler"] = self.sampler.state_dict()
-        checkpoint["nas_mpq"]["best_choices"] = self.best_choices
+        checkpoint["nas_mpq"]["best_plan"] = self.best_plan
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nas_mpq")
@@ -337,7 +324,7 @@ class SupernetModule(TaskModule):
             raise ValueError("checkpoint has no search state (choices' sampler); it was not written "
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
-        self.best_choices = state.get("best_choices")
+        self.best_plan = state.get("best_plan")
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)
