@@ -61,7 +61,7 @@ def main() -> None:
     root = Path(args.run_dir)
     cfg = yaml.safe_load((Path(args.configs) / "search.yaml").read_text())
     data = LMDataModule(**cfg["data"])
-    plans = {}
+    plans, fp32 = {}, root / "fp32" / "model.ckpt"
     for budget_dir in sorted(root.glob("avg*")):
         finalized = finalized_runs(budget_dir)
         for plan in sorted(budget_dir.glob("*/plan.json")):
@@ -69,7 +69,6 @@ def main() -> None:
             if run.startswith("fin-") or run not in finalized:
                 continue
             metrics = [json.loads((d / "metrics.json").read_text()) for d in finalized[run]]
-            fp32 = root / "fp32" / "model.ckpt"
             plans[f"{budget_dir.name}/{run}"] = {
                 "avg_bits": json.loads(plan.read_text())["avg_bits"],
                 "val_ppl_on_fp32": round(val_ppl_on_fp32(plan, cfg, data, fp32), 3),
