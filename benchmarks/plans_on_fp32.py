@@ -14,6 +14,7 @@ rank correlations between each of those and the finalized test perplexity.
 
     python benchmarks/plans_on_fp32.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm \
         --probe_steps 300
+    python benchmarks/plans_on_fp32.py ... --probe_steps 300 --plans runs/exp/search/plan.json   # any plans
 """
 from __future__ import annotations
 
@@ -56,12 +57,20 @@ def main() -> None:
     ap.add_argument("--probe_steps", type=int, default=0, help="also validate each plan after this many "
                     "training steps at it (0: only on the FP32 weights as they are)")
     ap.add_argument("--probe_lr", type=float, default=2.0, help="the probe's SGD learning rate")
+    ap.add_argument("--plans", nargs="+", type=Path, help="probe these plan files instead of the benchmark's "
+                    "finalized plans (no finalized figures; the FP32 model is still <run_dir>/fp32/model.ckpt)")
     args = ap.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     root = Path(args.run_dir)
     cfg = yaml.safe_load((Path(args.configs) / "search.yaml").read_text())
     data = LMDataModule(**cfg["data"])
     plans, fp32 = {}, root / "fp32" / "model.ckpt"
+    for plan in args.plans or []:
+        plans[str(plan)] = {"avg_bits": json.loads(plan.read_text())["avg_bits"],
+                            **probed(plan, cfg, data, fp32, args.probe_steps, args.probe_lr)}
+    if args.plans:
+        print(json.dumps({"plans": plans, "probe_steps": args.probe_steps, "probe_lr": args.probe_lr}, indent=1))
+        return
     for budget_dir in sorted(root.glob("avg*")):
         finalized = finalized_runs(budget_dir)
         for plan in sorted(budget_dir.glob("*/plan.json")):
@@ -71,9 +80,7 @@ def main() -> None:
             metrics = [json.loads((d / "metrics.json").read_text()) for d in finalized[run]]
             plans[f"{budget_dir.name}/{run}"] = {
                 "avg_bits": json.loads(plan.read_text())["avg_bits"],
-                "val_ppl_on_fp32": round(val_ppl_on_fp32(plan, cfg, data, fp32), 3),
-                **({"val_ppl_after_probe": round(val_ppl_on_fp32(plan, cfg, data, fp32, args.probe_steps,
-                                                                 args.probe_lr), 3)} if args.probe_steps else {}),
+                **probed(plan, cfg, data, fp32, args.probe_steps, args.probe_lr),
                 "finalized_test_ppl": round(statistics.fmean(m["test_ppl"] for m in metrics), 3),
                 "finalized_val_ppl": round(statistics.fmean(m["val_ppl"] for m in metrics), 3),
                 "finalized_runs": len(metrics)}
@@ -81,6 +88,12 @@ def main() -> None:
            if all(key in p for p in plans.values())}
     print(json.dumps({"plans": plans, "probe_steps": args.probe_steps, "probe_lr": args.probe_lr,
                       **{f"spearman_{key}_vs_finalized_test": r for key, r in rho.items()}}, indent=1))
+
+
+def probed(plan: Path, cfg: dict, data: LMDataModule, fp32: Path, steps: int, lr: float) -> dict[str, float]:
+    """The plan's validation perplexity on the FP32 weights, and after `steps` of the probe (if any)."""
+    return {"val_ppl_on_fp32": round(val_ppl_on_fp32(plan, cfg, data, fp32), 3),
+            **({"val_ppl_after_probe": round(val_ppl_on_fp32(plan, cfg, data, fp32, steps, lr), 3)} if steps else {})}
 
 
 def spearman(plans: dict[str, dict], key: str) -> float | None:

@@ -23,6 +23,14 @@ The algorithm as built (defaults in brackets):
 `train_weights=False` searches the choices alone on the network's weights as they are (a
 post-training search: the training batch only keeps time, no weight step, no weight gradients,
 each weight's scales fitted once); set `warmup_fraction: 0` with it.
+`weights_until=w` stops the weight steps at that fraction of the steps (from then on the choices
+alone move, on the weights as trained); `hard_warmup=True` draws hard samples during the warm-up, so
+each warm-up step trains the weights on one whole plan drawn from the initial choices. Together,
+with `weights_until = warmup_fraction`, they make a one-shot search: the weights first learn to
+recover from the quantization of every plan the prior holds (none favoured, since the choices do
+not move), then the choices are searched on those weights, which judge a plan by what it costs
+after such training rather than on the FP32 weights; only epochs after the warm-up compete for
+`plan_from: best_val`.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
@@ -82,7 +90,8 @@ class SupernetModule(TaskModule):
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
-                 train_weights: bool = True, plan_from: str = "last",
+                 train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
+                 plan_from: str = "last",
                  init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
@@ -95,6 +104,9 @@ class SupernetModule(TaskModule):
                         ("sharpen_from", sharpen_from)):
             if not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
+        if not warmup_fraction <= weights_until <= 1.0:
+            raise ValueError(f"weights_until must be in [warmup_fraction, 1] = [{warmup_fraction}, 1] (the weights "
+                             f"train until that fraction of the steps), got {weights_until}")
         for name, v in (("dual_lr", dual_lr), ("entropy_weight", entropy_weight)):
             if not v >= 0.0:
                 raise ValueError(f"{name} must be non-negative, got {v}")
@@ -232,7 +244,8 @@ class SupernetModule(TaskModule):
         progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
         self.sampler.tau = tau
-        self.sampler.hard = self.hparams.hard_below is not None and tau < self.hparams.hard_below
+        self.sampler.hard = ((self.hparams.hard_below is not None and tau < self.hparams.hard_below)
+                             or (self.hparams.hard_warmup and not active))
         single = self.hparams.single_level
         arch_step = active and not single and self.training_batch_index(batch_idx) % self.hparams.arch_every == 0
         if arch_step:
@@ -243,7 +256,10 @@ class SupernetModule(TaskModule):
             a_opt.step()
             self.log("search/loss", arch_loss)
         a_opt.zero_grad()
-        loss = None if w_opt is None else self._weight_step(batch, w_opt, a_opt, weight, sharpen, active and single)
+        weights_step = w_opt is not None and progress < self.hparams.weights_until
+        if w_opt is not None and not weights_step:
+            self._freeze_weights()
+        loss = None if not weights_step else self._weight_step(batch, w_opt, a_opt, weight, sharpen, active and single)
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if (arch_step or (active and single)) and self.hparams.penalty == "lagrange":
             self.dual.copy_(self.regularizer.update_dual(self.dual, self.hparams.dual_lr, argmax_ratio,
@@ -255,6 +271,13 @@ class SupernetModule(TaskModule):
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
+
+    def _freeze_weights(self) -> None:
+        """From `weights_until` on the choices alone move: no weight gradients from then on."""
+        arch = {id(t) for t in self.arch_parameters()}
+        for p in self.net.parameters():
+            if id(p) not in arch:
+                p.requires_grad_(False)
 
     def _weight_step(self, batch: tuple, w_opt, a_opt, weight: float | torch.Tensor, sharpen: float,
                      single: bool) -> torch.Tensor:
@@ -283,7 +306,9 @@ class SupernetModule(TaskModule):
         if self.hparams.plan_from != "best_val":
             return
         self.pin_evaluation(None)
-        if not self.trainer.sanity_checking and self.val_history:
+        if self.trainer.sanity_checking or not self.val_history:
+            return
+        if self.progress(int(self.trainer.num_training_batches) - 1) >= self.hparams.warmup_fraction:
             self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
 
     def pin_evaluation(self, plan: PrecisionPlan | None) -> None:

@@ -337,3 +337,39 @@ def test_a_pinned_plan_is_what_evaluation_forwards_run_weights_and_inputs():
         c.set_sample(None)
     record_argmax_(choices)
     assert all(c.argmax_index() == len(c.candidates) - 1 for c in choices)
+
+
+def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_alone(corpus_dir):
+    """weights_until = warmup_fraction with hard_warmup: the weights train first on whole plans
+    drawn from the initial choices (one candidate per group and step; the choices do not move),
+    then the choices alone move on those weights; only the epochs after the warm-up compete for
+    the plan."""
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.5,
+                            weights_until=0.5, hard_warmup=True, plan_from="best_val", min_fill=0.99)
+    arch = {id(t) for t in module.arch_parameters()}
+    weights = {n: p for n, p in module.net.named_parameters() if id(p) not in arch}
+    start, prior = {n: p.detach().clone() for n, p in weights.items()}, thetas(module)
+    seen: dict[str, list] = {"hard": [], "theta_moved": [], "weights_moved": []}
+    last = {n: p.detach().clone() for n, p in weights.items()}
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["hard"].append(pl_module.sampler.hard)
+            seen["theta_moved"].append(not torch.equal(thetas(pl_module), prior))
+            seen["weights_moved"].append(any(not torch.equal(p, last[n]) for n, p in weights.items()))
+            last.update({n: p.detach().clone() for n, p in weights.items()})
+
+    run = pl.Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=3, logger=False, callbacks=[Watch()],
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=1)  # the sanity check too
+    run.fit(module, datamodule=datamodule(corpus_dir))
+    warm = 12  # the first half of 24 steps
+    assert all(seen["hard"][:warm]) and all(seen["weights_moved"][:warm])
+    assert not any(seen["theta_moved"][:warm]) and all(seen["theta_moved"][warm:])
+    assert not any(seen["weights_moved"][warm:])
+    assert all(p.grad is None or not p.requires_grad for p in weights.values())
+    assert any(not torch.equal(p, start[n]) for n, p in weights.items())
+    assert module.best_plan["epoch"] >= 2  # a warm-up epoch's plan is the prior's, never searched
+    with pytest.raises(ValueError, match=r"weights_until must be in \[warmup_fraction, 1\] = \[0.5, 1\].*got 0.2"):
+        SupernetModule(tiny_lm(), warmup_fraction=0.5, weights_until=0.2)
