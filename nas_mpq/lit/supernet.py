@@ -29,15 +29,16 @@ each warm-up step trains the weights on one whole plan drawn from the initial ch
 with `weights_until = warmup_fraction`, they make a one-shot search: the weights first learn to
 recover from the quantization of every plan the prior holds (none favoured, since the choices do
 not move), then the choices are searched on those weights, which judge a plan by what it costs
-after such training rather than on the FP32 weights; only epochs after the warm-up compete for
-`plan_from: best_val`.
+after such training rather than on the FP32 weights. Neither runs under DDP (the weights freeze
+mid-run).
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
 The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py),
 of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
 (`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
-would return at that point (the repaired argmax), so the plan returned is one that was validated.
+would return at that point (the repaired argmax), so the plan returned is one that was validated;
+validations before the warm-up's end (choices not yet moved) do not compete.
 """
 from __future__ import annotations
 
@@ -107,6 +108,14 @@ class SupernetModule(TaskModule):
         if not warmup_fraction <= weights_until <= 1.0:
             raise ValueError(f"weights_until must be in [warmup_fraction, 1] = [{warmup_fraction}, 1] (the weights "
                              f"train until that fraction of the steps), got {weights_until}")
+        if weights_until < 1.0 and (single_level or not train_weights):
+            raise ValueError(f"weights_until={weights_until} needs the bi-level search with weight steps "
+                             f"(single_level=False, train_weights=True), got single_level={single_level}, "
+                             f"train_weights={train_weights}")
+        if hard_warmup and (warmup_fraction == 0.0 or not train_weights):
+            raise ValueError(f"hard_warmup=True trains the weights on sampled plans during the warm-up; it needs "
+                             f"warmup_fraction > 0 and train_weights=True, got warmup_fraction={warmup_fraction}, "
+                             f"train_weights={train_weights}")
         for name, v in (("dual_lr", dual_lr), ("entropy_weight", entropy_weight)):
             if not v >= 0.0:
                 raise ValueError(f"{name} must be non-negative, got {v}")
@@ -140,6 +149,8 @@ class SupernetModule(TaskModule):
         elif init_prior:
             self.regularizer.init_prior_()
         self._search_iter: Iterator | None = None
+        self._weights_frozen = False
+        self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
         self._validated_plan: PrecisionPlan | None = None
         if not train_weights:
@@ -152,6 +163,10 @@ class SupernetModule(TaskModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             check_datamodule(self.trainer.datamodule, SearchData, "SupernetModule")
+            if self.hparams.weights_until < 1.0 and self.trainer.world_size > 1:
+                raise ValueError(f"weights_until={self.hparams.weights_until} freezes the weights mid-run, which "
+                                 f"DistributedDataParallel does not allow; run it on one device (world size "
+                                 f"{self.trainer.world_size} here)")
         super().setup(stage)
 
     def check_budget(self) -> None:
@@ -241,8 +256,11 @@ class SupernetModule(TaskModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         w_opt, a_opt = self.optimizers() if self.hparams.train_weights else (None, self.optimizers())
-        progress = self.progress(batch_idx)
+        progress = self._progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
+        weights_step = w_opt is not None and progress < self.hparams.weights_until
+        if w_opt is not None and not weights_step:
+            self._freeze_weights()
         self.sampler.tau = tau
         self.sampler.hard = ((self.hparams.hard_below is not None and tau < self.hparams.hard_below)
                              or (self.hparams.hard_warmup and not active))
@@ -256,9 +274,6 @@ class SupernetModule(TaskModule):
             a_opt.step()
             self.log("search/loss", arch_loss)
         a_opt.zero_grad()
-        weights_step = w_opt is not None and progress < self.hparams.weights_until
-        if w_opt is not None and not weights_step:
-            self._freeze_weights()
         loss = None if not weights_step else self._weight_step(batch, w_opt, a_opt, weight, sharpen, active and single)
         argmax_ratio = self.regularizer.argmax_measure() / self.regularizer.capacity
         if (arch_step or (active and single)) and self.hparams.penalty == "lagrange":
@@ -273,11 +288,16 @@ class SupernetModule(TaskModule):
         return loss
 
     def _freeze_weights(self) -> None:
-        """From `weights_until` on the choices alone move: no weight gradients from then on."""
+        """From `weights_until` on the choices alone move: no weight gradients from then on (also
+        after a resume, which rebuilds the module trainable)."""
+        if self._weights_frozen:
+            return
         arch = {id(t) for t in self.arch_parameters()}
         for p in self.net.parameters():
             if id(p) not in arch:
                 p.requires_grad_(False)
+                p.grad = None
+        self._weights_frozen = True
 
     def _weight_step(self, batch: tuple, w_opt, a_opt, weight: float | torch.Tensor, sharpen: float,
                      single: bool) -> torch.Tensor:
@@ -308,7 +328,7 @@ class SupernetModule(TaskModule):
         self.pin_evaluation(None)
         if self.trainer.sanity_checking or not self.val_history:
             return
-        if self.progress(int(self.trainer.num_training_batches) - 1) >= self.hparams.warmup_fraction:
+        if self._progress >= self.hparams.warmup_fraction:
             self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
 
     def pin_evaluation(self, plan: PrecisionPlan | None) -> None:

@@ -368,8 +368,19 @@ def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_
     assert all(seen["hard"][:warm]) and all(seen["weights_moved"][:warm])
     assert not any(seen["theta_moved"][:warm]) and all(seen["theta_moved"][warm:])
     assert not any(seen["weights_moved"][warm:])
-    assert all(p.grad is None or not p.requires_grad for p in weights.values())
+    assert all(p.grad is None and not p.requires_grad for p in weights.values())  # none computed once frozen
     assert any(not torch.equal(p, start[n]) for n, p in weights.items())
-    assert module.best_plan["epoch"] >= 2  # a warm-up epoch's plan is the prior's, never searched
-    with pytest.raises(ValueError, match=r"weights_until must be in \[warmup_fraction, 1\] = \[0.5, 1\].*got 0.2"):
-        SupernetModule(tiny_lm(), warmup_fraction=0.5, weights_until=0.2)
+    # a warm-up epoch validates the prior's plan, never searched: only epochs 2-3 compete
+    assert module.best_plan["val_ppl"] == min(module.val_history[2:])
+    assert module.best_plan["epoch"] == 2 + module.val_history[2:].index(min(module.val_history[2:]))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(warmup_fraction=0.5, weights_until=0.2), r"weights_until must be in \[warmup_fraction, 1\] = \[0.5, 1\].*got 0.2"),
+    (dict(weights_until=0.5, single_level=True), r"weights_until=0.5 needs the bi-level search .*single_level=True"),
+    (dict(weights_until=0.5, train_weights=False, warmup_fraction=0.0), r"weights_until=0.5 .*train_weights=False"),
+    (dict(hard_warmup=True, warmup_fraction=0.0), r"hard_warmup=True .* needs warmup_fraction > 0 .*got warmup_fraction=0.0"),
+])
+def test_one_shot_options_that_cannot_work_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SupernetModule(tiny_lm(), **kw)
