@@ -35,7 +35,7 @@ from allocators import finalized_runs
 from search_wall import build
 
 
-def val_ppl_on_fp32(plan: Path, cfg: dict, data: LMDataModule, fp32_ckpt: Path, probe_steps: int = 0,
+def plan_val_ppl(plan: Path, cfg: dict, data: LMDataModule, fp32_ckpt: Path, probe_steps: int = 0,
                     probe_lr: float = 2.0) -> float:
     """The plan's validation perplexity on the FP32 weights, after `probe_steps` steps of STE
     training at the plan (SGD at `probe_lr`, gradient norm clipped at 0.25, seed 0)."""
@@ -92,8 +92,8 @@ def main() -> None:
 
 def probed(plan: Path, cfg: dict, data: LMDataModule, fp32: Path, steps: int, lr: float) -> dict[str, float]:
     """The plan's validation perplexity on the FP32 weights, and after `steps` of the probe (if any)."""
-    return {"val_ppl_on_fp32": round(val_ppl_on_fp32(plan, cfg, data, fp32), 3),
-            **({"val_ppl_after_probe": round(val_ppl_on_fp32(plan, cfg, data, fp32, steps, lr), 3)} if steps else {})}
+    return {"val_ppl_on_fp32": round(plan_val_ppl(plan, cfg, data, fp32), 3),
+            **({"val_ppl_after_probe": round(plan_val_ppl(plan, cfg, data, fp32, steps, lr), 3)} if steps else {})}
 
 
 def spearman(plans: dict[str, dict], key: str) -> float | None:
