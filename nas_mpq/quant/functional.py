@@ -7,6 +7,7 @@ throughout; `lsq_quantize` carries the LSQ step-size gradient.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
@@ -89,30 +90,69 @@ def fit_scale(w: torch.Tensor, bits: int, per_channel: bool = False, iters: int 
     return WeightStats(w, per_channel).scale(bits, iters)
 
 
-def _fit(rows: torch.Tensor, rms: torch.Tensor, absmax: torch.Tensor, bits: int, iters: int) -> torch.Tensor:
-    """fit_scale on a (scales, elements) sample, given its rms and max-abs per row: one scale per
-    row, shape (scales, 1)."""
-    q, tiny = qmax(bits), torch.finfo(rows.dtype).tiny
-    gauss = rms * _STEP_PER_RMS.get(bits, 4.0 / q)
-    starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [absmax / q], dim=1)
-    starts = starts.clamp_min_(tiny).T.unsqueeze(-1)  # (starts, scales, 1)
-    errors = torch.div(rows, starts).round_().clamp_(-q, q).mul_(starts).sub_(rows).square_().sum(dim=-1)
-    s = torch.gather(starts.squeeze(-1), 0, errors.argmin(dim=0, keepdim=True)).T  # (scales, 1)
+def _fit(rows: torch.Tensor, rms: torch.Tensor, absmax: torch.Tensor, widths: Sequence[int],
+         iters: int) -> torch.Tensor:
+    """fit_scale on a (scales, elements) sample, given its rms and max-abs per row, for every
+    width in `widths` in one batched pass (each width's numbers are those of a fit of it alone):
+    shape (widths, scales, 1)."""
+    tiny = torch.finfo(rows.dtype).tiny
+    q: float | torch.Tensor = float(qmax(widths[0]))
+    per_rms: float | torch.Tensor = _STEP_PER_RMS.get(widths[0], 4.0 / q)
+    if len(widths) > 1:  # one value per width, broadcast over (widths, scales, elements)
+        q = torch.tensor([float(qmax(b)) for b in widths], dtype=rows.dtype, device=rows.device).view(-1, 1, 1)
+        per_rms = torch.tensor([_STEP_PER_RMS.get(b, 4.0 / qmax(b)) for b in widths], dtype=rows.dtype,
+                               device=rows.device).view(-1, 1, 1)
+    gauss = rms.unsqueeze(0) * per_rms  # (widths, scales, 1)
+    starts = torch.cat([gauss * m for m in _START_MULTIPLES] + [absmax.unsqueeze(0) / q], dim=2)
+    starts = starts.clamp_min_(tiny).transpose(1, 2).unsqueeze(-1)  # (widths, starts, scales, 1)
+    errors = _clip(torch.div(rows, starts).round_(), q if isinstance(q, float) else q.unsqueeze(-1))
+    errors = errors.mul_(starts).sub_(rows).square_()
+    s = torch.gather(starts.squeeze(-1), 1, _sum(errors).argmin(dim=1, keepdim=True)).transpose(1, 2)
     for _ in range(iters):
-        c = torch.div(rows, s).round_().clamp_(-q, q)
-        cc = (c * c).sum(dim=1, keepdim=True)
-        s = torch.where(cc > 0, c.mul_(rows).sum(dim=1, keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
+        c = _clip(torch.div(rows, s).round_(), q)
+        cc = _sum(c * c, keepdim=True)
+        s = torch.where(cc > 0, _sum(c.mul_(rows), keepdim=True) / cc.clamp_min(1.0), s).clamp_min_(tiny)
     return s
+
+
+def _clip(x: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
+    """x clipped to [-q, q] in place; a tensor q is broadcast against x (as two binary ops: a clamp
+    with tensor bounds is many times slower on the CPU)."""
+    if isinstance(q, float):
+        return x.clamp_(-q, q)
+    return torch.maximum(torch.minimum(x, q, out=x), q.neg(), out=x)
+
+
+SUM_CHUNK = 1024
+"""Rows of the fit's sample longer than SUM_CHUNKED are zero-padded to a multiple of SUM_CHUNK and
+summed chunk by chunk (see `_sum`)."""
+SUM_CHUNKED = 32768
+"""PyTorch's grain size on the CPU: a sum of at least this many elements into one output is split
+between threads."""
+
+
+def _sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """Sum over the last dimension. A long sum into a single output (one per-tensor width fitted
+    alone) is split between threads in an order that depends on their number, which a sum with
+    several outputs (the same width fitted with others) is not; longer rows are therefore summed
+    in SUM_CHUNK-element chunks first, so a width fitted with others gets the scale it gets alone,
+    on any number of threads."""
+    if x.shape[-1] > SUM_CHUNKED:
+        x = x.unflatten(-1, (-1, SUM_CHUNK)).sum(dim=-1)
+    return x.sum(dim=-1, keepdim=keepdim)
 
 
 class WeightStats:
     """The fitted scales of one weight, computed once per bit-width and shared by every candidate
     quantizer of its group, so a subset of its rows (an embedding's looked-up rows) quantizes
     exactly as those rows of the whole weight do. What every width's fit reads (the sample of the
-    weight, its rms and max-abs per scale) is computed once for all of them."""
+    weight, its rms and max-abs per scale) is computed once for all of them, and the widths named
+    in `widths` (a group's candidates) are fitted together in one batched pass when the first of
+    them is asked for."""
 
-    def __init__(self, w: torch.Tensor, per_channel: bool = False) -> None:
+    def __init__(self, w: torch.Tensor, per_channel: bool = False, widths: Sequence[int] = ()) -> None:
         self.weight, self.per_channel = w.detach(), per_channel
+        self.widths = tuple(sorted({b for b in widths if b >= 2}))
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -126,15 +166,19 @@ class WeightStats:
                 self._scales[key] = (_reduce(a.abs(), self.per_channel) / n).clamp_min(tiny)
             else:
                 shape = (-1,) + (1,) * (a.dim() - 1) if self.per_channel else ()
-                self._scales[key] = _fit(*self.sample(), bits, iters).reshape(shape)
+                widths = [b for b in self.widths if (b, iters) not in self._scales] if bits in self.widths else [bits]
+                for b, s in zip(widths, _fit(*self.sample(), widths, iters)):
+                    self._scales[(b, iters)] = s.reshape(shape)
         return self._scales[key]
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(what the scale fit reads as (scales, elements), its rms per scale, its max-abs per scale)."""
         if self._sample is None:
-            rows = _fit_sample(self.weight, self.per_channel).contiguous()
-            self._sample = (rows, rows.square().mean(dim=1, keepdim=True).sqrt_(),
-                            rows.abs().amax(dim=1, keepdim=True))
+            rows = _fit_sample(self.weight, self.per_channel)
+            rms, absmax = rows.square().mean(dim=1, keepdim=True).sqrt_(), rows.abs().amax(dim=1, keepdim=True)
+            if rows.shape[1] > SUM_CHUNKED:  # zeros add nothing to the fit's sums
+                rows = torch.nn.functional.pad(rows, (0, -rows.shape[1] % SUM_CHUNK))
+            self._sample = (rows.contiguous(), rms, absmax)
         return self._sample
 
 

@@ -132,6 +132,7 @@ class LSQQuantizer(WeightQuantizer):
     """2..8 bits with a learned step size, initialised from `init_weight` (the fitted scale)."""
 
     identity_grad = False
+    uses_stats = False
 
     def __init__(self, bits: int, init_weight: torch.Tensor, per_channel: bool = False) -> None:
         super().__init__(bits, per_channel)

@@ -26,7 +26,8 @@ class CompositeWeight(torch.autograd.Function):
     (every candidate for a soft sample; the picked one for a one-hot y), which the caller knows
     without reading y from the device. The candidates are quantized one after the other into one
     buffer: the forward allocates two weight-sized tensors (the result and that buffer), and so
-    does the backward, whatever the number of candidates.
+    does the backward, whatever the number of candidates. A small weight's soft sample instead
+    stacks every candidate's value and keeps the stack for the backward (`STACKED_ELEMENTS`).
 
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
     dL/dy_k = <G, Q_k(w)>. Quantizers with the identity STE and no parameters contribute `y_k G`
@@ -37,6 +38,11 @@ class CompositeWeight(torch.autograd.Function):
     def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, active: Sequence[int],
                 quantizers: Sequence[WeightQuantizer], stats: WeightStats | None,
                 *params: torch.Tensor) -> torch.Tensor:
+        ctx.quantizers, ctx.stats = quantizers, stats
+        if _stacks(w, active, quantizers):
+            values = torch.stack([q.value(w, stats) for q in quantizers])
+            ctx.save_for_backward(w, y, values)
+            return torch.tensordot(y, values, dims=1)
         out = torch.empty_like(w)
         scratch = None
         for i, k in enumerate(active):
@@ -45,12 +51,15 @@ class CompositeWeight(torch.autograd.Function):
                 continue
             scratch = torch.empty_like(w) if scratch is None else scratch
             out.addcmul_(quantizers[k].value(w, stats, scratch), y[k])
-        ctx.quantizers, ctx.stats = quantizers, stats
         ctx.save_for_backward(w, y)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        if len(ctx.saved_tensors) == 3:  # the stacked forward kept every candidate's value
+            w, y, values = ctx.saved_tensors
+            grad_w = grad * y.sum() if ctx.needs_input_grad[0] else None
+            return (grad_w, values.reshape(len(y), -1) @ grad.reshape(-1), None, None, None)
         w, y = ctx.saved_tensors
         quantizers: Sequence[WeightQuantizer] = ctx.quantizers
         params = [p for q in quantizers for p in q.parameters()]
@@ -77,6 +86,19 @@ class CompositeWeight(torch.autograd.Function):
                 if g is not None:
                     grad_params[id(p)] = g
         return (grad_w, grad_y, None, None, None, *[grad_params.get(id(p)) for p in params])
+
+
+STACKED_ELEMENTS = 1 << 18
+"""A soft sample of a weight with at most this many elements over all its candidates (1 MiB in
+float32) quantizes every candidate into one stacked tensor, kept for the backward: small weights
+(a CNN's convolutions) cost the per-operation overhead of each candidate's value once, not twice."""
+
+
+def _stacks(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQuantizer]) -> bool:
+    """Whether CompositeWeight takes its stacked path: every candidate active (a soft sample), all
+    with the identity STE and no parameters, and the stacked values within STACKED_ELEMENTS."""
+    return (1 < len(active) == len(quantizers) and len(quantizers) * w.numel() <= STACKED_ELEMENTS
+            and all(q.identity_grad for q in quantizers))
 
 
 def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -126,15 +148,17 @@ class MixedPrecisionChoice(nn.Module):
         """The fitted scales of `w` shared by every candidate (None when they disagree on
         per_channel or none uses them), kept until `w` changes (its version counter) or
         `clear_stats` is called: the search step on the choices and the weight step that follows
-        it fit each weight once, not twice."""
+        it fit each weight once, not twice. The widths of this forward's candidates are fitted
+        together in one pass."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
+        widths = [self.quantizers[k].bits for k in self.active_candidates() if self.quantizers[k].uses_stats]
         if w.is_inference():  # no version counter to key on: fit afresh
-            return WeightStats(w, modes.pop())
+            return WeightStats(w, modes.pop(), widths)
         key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
         if self._stats is None or self._stats[0] != key:
-            self._stats = (key, WeightStats(w, modes.pop()))
+            self._stats = (key, WeightStats(w, modes.pop(), widths))
         return self._stats[1]
 
     def clear_stats(self) -> None:

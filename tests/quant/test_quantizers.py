@@ -145,7 +145,8 @@ def test_unknown_method():
 
 def _fit_alone(w: torch.Tensor, bits: int, per_channel: bool, iters: int = F.FIT_ITERS) -> torch.Tensor:
     """The alternating fit of one width written out on its own, every intermediate a new tensor:
-    the reference that the shared statistics and in-place steps must reproduce exactly."""
+    the reference that the shared statistics, the batched widths and in-place steps reproduce (up
+    to the order of long sums)."""
     rows = F._fit_sample(w, per_channel).contiguous()
     q, tiny = qmax(bits), torch.finfo(rows.dtype).tiny
     gauss = rows.square().mean(dim=1, keepdim=True).sqrt() * F._STEP_PER_RMS.get(bits, 4.0 / q)
@@ -160,15 +161,25 @@ def _fit_alone(w: torch.Tensor, bits: int, per_channel: bool, iters: int = F.FIT
     return s.reshape((-1,) + (1,) * (w.dim() - 1) if per_channel else ())
 
 
-@pytest.mark.parametrize("shape", [(6, 10), (256, 256), (3000, 40), (8, 3, 3, 3)])
+@pytest.mark.parametrize("shape", [(6, 10), (256, 256), (3000, 40), (8, 3, 3, 3), (64, 64, 3, 3)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_widths_fitted_together_equal_each_fitted_alone(shape, per_channel):
-    """WeightStats reads the sample, its rms and its max-abs once for every width."""
+    """WeightStats reads the sample, its rms and its max-abs once for every width, and fits a
+    group's widths in one batched pass: each width's scale is exactly the one fit_scale gives it
+    alone, also where a long sum into one output is split between threads (two threads here), and
+    agrees with the fit written out on its own up to the order of its sums."""
     torch.manual_seed(0)
     w = torch.distributions.StudentT(3.0).sample(shape)
-    stats = F.WeightStats(w, per_channel)
-    for bits in (8, 2, 4, 3):
-        assert torch.equal(stats.scale(bits), _fit_alone(w, bits, per_channel)), bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together, alone = F.WeightStats(w, per_channel, widths=(1, 2, 3, 4, 8, 32)), F.WeightStats(w, per_channel)
+        for bits in (8, 2, 4, 3):
+            assert torch.equal(together.scale(bits), F.fit_scale(w, bits, per_channel)), bits
+            assert torch.equal(alone.scale(bits), F.fit_scale(w, bits, per_channel)), bits
+            assert torch.allclose(alone.scale(bits), _fit_alone(w, bits, per_channel), rtol=1e-5, atol=0), bits
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("bits", [0, 1, 2, 3, 4, 8, 16, 32])

@@ -173,3 +173,30 @@ def test_composite_equals_the_sum_of_separately_quantized_candidates_exactly(met
         expected = torch.addcmul(expected, copies[k], y[k])
     assert torch.equal(out, expected)
     assert torch.equal(choice.sample.grad, torch.stack([torch.dot(g.reshape(-1), c.reshape(-1)) for c in copies]))
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_stacked_and_buffered_composites_agree_with_autograd(monkeypatch, stacked, per_channel):
+    """A small weight's soft sample takes the stacked path (every candidate's value kept for the
+    backward), a larger one the buffered path: both give the weighted sum and the gradients of
+    the naive autograd sum."""
+    from nas_mpq.search import choice as choice_module
+    torch.manual_seed(3)
+    w = torch.randn(24, 10)
+    cands = [1, 2, 4, 8, 32]
+    choice = MixedPrecisionChoice([make_quantizer(b, w, per_channel=per_channel) for b in cands])
+    monkeypatch.setattr(choice_module, "STACKED_ELEMENTS", len(cands) * w.numel() if stacked else 0)
+    assert choice_module._stacks(w, range(len(cands)), list(choice.quantizers)) == stacked
+    y = torch.softmax(torch.randn(len(cands)), 0)
+    g = torch.randn_like(w)
+    w1, y1 = w.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    choice.sample = y1
+    out = choice.composite(w1)
+    out.backward(g)
+    w2, y2 = w.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    naive = sum(y2[k] * q(w2) for k, q in enumerate(choice.quantizers))
+    naive.backward(g)
+    assert torch.allclose(out, naive, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(w1.grad, w2.grad, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(y1.grad, y2.grad, rtol=1e-5, atol=1e-5)
