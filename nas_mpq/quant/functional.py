@@ -123,11 +123,15 @@ def _clip(x: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum(x, q, out=x), q.neg(), out=x)
 
 
+FIT_BATCH_ELEMENTS = 1 << 24
+"""Widths are fitted together while the pass's largest temporary (widths x starting scales x the
+sample: 64 MiB in float32) stays within this many elements; beyond it, one width at a time (the same
+scales, more passes)."""
 SUM_CHUNK = 1024
 """Rows of the fit's sample longer than SUM_CHUNKED are zero-padded to a multiple of SUM_CHUNK and
 summed chunk by chunk (see `_sum`)."""
 SUM_CHUNKED = 32768
-"""PyTorch's grain size on the CPU: a sum of at least this many elements into one output is split
+"""PyTorch's grain size on the CPU: a sum of more than this many elements into one output is split
 between threads."""
 
 
@@ -136,7 +140,8 @@ def _sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
     alone) is split between threads in an order that depends on their number, which a sum with
     several outputs (the same width fitted with others) is not; longer rows are therefore summed
     in SUM_CHUNK-element chunks first, so a width fitted with others gets the scale it gets alone,
-    on any number of threads."""
+    on any number of CPU threads (float32 and float64 weights; on CUDA the order of a sum also
+    depends on its number of outputs, which this does not cover)."""
     if x.shape[-1] > SUM_CHUNKED:
         x = x.unflatten(-1, (-1, SUM_CHUNK)).sum(dim=-1)
     return x.sum(dim=-1, keepdim=keepdim)
@@ -166,10 +171,20 @@ class WeightStats:
                 self._scales[key] = (_reduce(a.abs(), self.per_channel) / n).clamp_min(tiny)
             else:
                 shape = (-1,) + (1,) * (a.dim() - 1) if self.per_channel else ()
-                widths = [b for b in self.widths if (b, iters) not in self._scales] if bits in self.widths else [bits]
-                for b, s in zip(widths, _fit(*self.sample(), widths, iters)):
+                for b, s in zip(*self._fitted_together(bits, iters)):
                     self._scales[(b, iters)] = s.reshape(shape)
         return self._scales[key]
+
+    def _fitted_together(self, bits: int, iters: int) -> tuple[list[int], torch.Tensor]:
+        """(the widths fitted in this pass, their scales): `bits` with the named widths not fitted
+        yet, or `bits` alone for a reduced-precision weight (its scalars would round differently
+        as tensors) or where the batch's temporaries would pass FIT_BATCH_ELEMENTS."""
+        rows = self.sample()[0]
+        widths = [b for b in self.widths if (b, iters) not in self._scales] if bits in self.widths else [bits]
+        if (rows.dtype not in (torch.float32, torch.float64)
+                or len(widths) * (len(_START_MULTIPLES) + 1) * rows.numel() > FIT_BATCH_ELEMENTS):
+            widths = [bits]
+        return widths, _fit(*self.sample(), widths, iters)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(what the scale fit reads as (scales, elements), its rms per scale, its max-abs per scale)."""

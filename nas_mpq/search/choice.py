@@ -42,7 +42,10 @@ class CompositeWeight(torch.autograd.Function):
         if _stacks(w, active, quantizers):
             values = torch.stack([q.value(w, stats) for q in quantizers])
             ctx.save_for_backward(w, y, values)
-            return torch.tensordot(y, values, dims=1)
+            out = torch.mul(values[0], y[0])  # summed in the buffered path's order: the same numbers
+            for k in range(1, len(quantizers)):
+                out.addcmul_(values[k], y[k])
+            return out
         out = torch.empty_like(w)
         scratch = None
         for i, k in enumerate(active):
@@ -98,7 +101,7 @@ def _stacks(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQ
     """Whether CompositeWeight takes its stacked path: every candidate active (a soft sample), all
     with the identity STE and no parameters, and the stacked values within STACKED_ELEMENTS."""
     return (1 < len(active) == len(quantizers) and len(quantizers) * w.numel() <= STACKED_ELEMENTS
-            and all(q.identity_grad for q in quantizers))
+            and all(q.identity_grad and not any(True for _ in q.parameters()) for q in quantizers))
 
 
 def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:

@@ -182,6 +182,30 @@ def test_widths_fitted_together_equal_each_fitted_alone(shape, per_channel):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_widths_fitted_together_in_other_dtypes(dtype, per_channel):
+    """float64 is fitted in one batched pass, bfloat16 one width at a time (its scalars would round
+    differently as tensors): either way each width's scale is the one it gets alone."""
+    for shape in [(48, 30), (64, 64), (300, 20)]:
+        torch.manual_seed(0)
+        w = torch.randn(shape).to(dtype)
+        together = F.WeightStats(w, per_channel, widths=(2, 3, 4, 8))
+        for bits in (4, 2, 8, 3):
+            s = together.scale(bits)
+            assert s.dtype == dtype and torch.equal(s, F.fit_scale(w, bits, per_channel)), (shape, bits)
+
+
+def test_widths_past_the_batch_limit_are_fitted_one_at_a_time(monkeypatch):
+    w = torch.randn(64, 64)
+    monkeypatch.setattr(F, "FIT_BATCH_ELEMENTS", 6 * w.numel())
+    stats = F.WeightStats(w, widths=(2, 4, 8))
+    assert stats._fitted_together(4, F.FIT_ITERS)[0] == [4]
+    monkeypatch.setattr(F, "FIT_BATCH_ELEMENTS", 18 * w.numel())
+    assert stats._fitted_together(4, F.FIT_ITERS)[0] == [2, 4, 8]
+    assert all(torch.equal(stats.scale(b), F.fit_scale(w, b)) for b in (2, 4, 8))
+
+
 @pytest.mark.parametrize("bits", [0, 1, 2, 3, 4, 8, 16, 32])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_a_value_written_into_a_buffer_equals_the_value_alone(w, bits, per_channel):

@@ -104,17 +104,23 @@ def test_choice_rejects_duplicates(w):
 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("cands", [[1, 2, 4, 8, 32], [2]])
-def test_embedding_quantizes_looked_up_rows_like_the_whole_table(per_channel, cands):
+@pytest.mark.parametrize("size", [(40, 6), (5000, 64)])
+def test_embedding_quantizes_looked_up_rows_like_the_whole_table(per_channel, cands, size):
     """SearchEmbedding quantizes only the rows a batch uses, with the whole table's statistics:
-    the output and the gradients (weight and y) equal those of the composite of the whole table."""
+    the output and the gradients (weight and y) equal those of the composite of the whole table,
+    also where the rows take the composite's stacked path and the whole table its buffered one."""
     from torch import nn
+    from nas_mpq.search import choice as choice_module
     from nas_mpq.search.layers import SearchEmbedding
 
     torch.manual_seed(0)
-    layer = SearchEmbedding.from_float(nn.Embedding(40, 6), lambda key, w: MixedPrecisionChoice(
+    layer = SearchEmbedding.from_float(nn.Embedding(*size), lambda key, w: MixedPrecisionChoice(
         [make_quantizer(b, w, per_channel=per_channel) for b in cands]))
     choice = layer.choices["weight"]
-    x, g = torch.randint(0, 40, (3, 9)), torch.randn(3, 9, 6)
+    x, g = torch.randint(0, size[0], (3, 9)), torch.randn(3, 9, size[1])
+    quantizers = list(choice.quantizers)
+    assert choice_module._stacks(layer.weight, range(len(cands)), quantizers) == (len(cands) > 1 and size[0] < 1000)
+    assert choice_module._stacks(layer.weight[:27], range(len(cands)), quantizers) == (len(cands) > 1)
     y = torch.softmax(torch.randn(len(cands)), 0)
 
     def run(forward):
