@@ -31,6 +31,11 @@ recover from the quantization of every plan the prior holds (none favoured, sinc
 not move), then the choices are searched on those weights, which judge a plan by what it costs
 after such training rather than on the FP32 weights. Neither runs under DDP (the weights freeze
 mid-run).
+`weights_at="plan"` trains the weights (step 3) at the plan the search would return now (the
+argmax, repaired to the budget; one candidate per group, no noise) instead of at a Gumbel sample:
+the weights then track the current plan, as the finalize's training would, and the choices step
+on weights adapted to it (the search batches still sample). With `plan_from: best_val` each
+epoch's validation is then the plan after that much training at it.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
@@ -59,6 +64,9 @@ from .data_contract import SearchData, check_datamodule
 
 PLAN_FROM = ("best_val", "last")
 """Which epoch's choices the derived plan takes (SupernetModule's `plan_from`)."""
+WEIGHTS_AT = ("sample", "plan")
+"""What the weight step trains (SupernetModule's `weights_at`): a Gumbel sample of the choices, or
+the plan the search would return now (its argmax, repaired to the budget)."""
 
 
 def _default_weight_optimizer(params) -> torch.optim.Optimizer:
@@ -92,6 +100,7 @@ class SupernetModule(TaskModule):
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
                  train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
+                 weights_at: str = "sample",
                  plan_from: str = "last",
                  init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
                  seed: int = 0) -> None:
@@ -126,6 +135,12 @@ class SupernetModule(TaskModule):
         if isinstance(arch_every, bool) or not isinstance(arch_every, int) or arch_every < 1:
             raise ValueError(f"arch_every must be a positive integer (the choices step on every arch_every-th "
                              f"training batch), got {arch_every!r}")
+        if weights_at not in WEIGHTS_AT:
+            raise ValueError(f"weights_at must be one of {WEIGHTS_AT}, got {weights_at!r}")
+        if weights_at == "plan" and (single_level or not train_weights):
+            raise ValueError(f"weights_at='plan' trains the weights at the current plan in the bi-level search; it "
+                             f"needs single_level=False and train_weights=True, got single_level={single_level}, "
+                             f"train_weights={train_weights}")
         if plan_from not in PLAN_FROM:
             raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
         if single_level and not train_weights:
@@ -153,6 +168,7 @@ class SupernetModule(TaskModule):
         self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
         self._validated_plan: PrecisionPlan | None = None
+        self._current_plan: tuple[tuple[int, ...], PrecisionPlan] | None = None  # keyed by the argmax
         if not train_weights:
             for p in self.net.parameters():
                 p.requires_grad_(False)
@@ -304,7 +320,18 @@ class SupernetModule(TaskModule):
         """The training batch's loss (plus the budget terms when single-level); the weight step (and
         the choices' when single-level)."""
         w_opt.zero_grad()
-        loss = self.task_loss(batch, "train")
+        if self.hparams.weights_at == "plan":
+            self.pin_evaluation(self.current_plan())
+            self.sampler.fixed = True
+            try:
+                loss = self.task_loss(batch, "train")
+            finally:
+                self.sampler.fixed = False
+                self.pin_evaluation(None)
+                for c in self._choices():
+                    c.set_sample(None)  # forget the pinned picks: the argmax is read afresh
+        else:
+            loss = self.task_loss(batch, "train")
         self.manual_backward(loss + self._arch_terms(weight, sharpen) if single else loss)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         w_opt.step()
@@ -330,6 +357,17 @@ class SupernetModule(TaskModule):
             return
         if self._progress >= self.hparams.warmup_fraction:
             self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
+
+    def current_plan(self) -> PrecisionPlan:
+        """The plan the search would return now: the argmax, repaired to the budget (derived again
+        only when the argmax has changed)."""
+        key = tuple(c.argmax_index() for c in self._choices())
+        if self._current_plan is None or self._current_plan[0] != key:
+            self._current_plan = (key, derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill))
+        return self._current_plan[1]
+
+    def _choices(self) -> list:
+        return [g.choice for g in search_groups(self.net) + activation_groups(self.net)]
 
     def pin_evaluation(self, plan: PrecisionPlan | None) -> None:
         """Evaluation forwards run `plan` (None: the argmax again); training samples are unaffected."""

@@ -260,6 +260,8 @@ class GumbelSampler:
             raise ValueError(f"temperature tau must be positive, got {tau}")
         self.tau = float(tau)
         self.hard = hard
+        self.fixed = False
+        """True: training forwards draw nothing and run each choice's pinned candidate or argmax."""
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, theta: torch.Tensor) -> torch.Tensor:

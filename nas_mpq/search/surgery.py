@@ -207,8 +207,9 @@ def _record_positions(model: nn.Module) -> None:
 def _resample(sampler: GumbelSampler, choices: list[MixedPrecisionChoice],
               model: nn.Module, args: tuple) -> None:
     """Forward pre-hook: in training, one fresh sample per choice and forward (tied layers share
-    it); in evaluation none, and the argmax of every choice read at once."""
-    if not model.training:
+    it); in evaluation, or in training while `sampler.fixed`, none: the argmax (or pinned
+    candidate) of every choice read at once."""
+    if not model.training or sampler.fixed:
         record_argmax_(choices)
         return
     for choice, (y, index) in zip(choices, sampler.draw([c.theta for c in choices])):

@@ -384,3 +384,57 @@ def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_
 def test_one_shot_options_that_cannot_work_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
         SupernetModule(tiny_lm(), **kw)
+
+
+def test_weights_at_plan_trains_the_weights_on_the_plan_the_search_would_return(corpus_dir):
+    """weights_at='plan': each weight step's forward runs the current plan (the argmax repaired to
+    the budget: one candidate per group, no noise) while the search batches still sample; after
+    the step the choices read their argmax from theta again."""
+    pl.seed_everything(0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.1,
+                            weights_at="plan", min_fill=0.99)
+    plans, seen = [], []
+    current_plan, task_loss = module.current_plan, module.task_loss
+
+    def recorded_plan():
+        plans.append(current_plan())
+        return plans[-1]
+
+    def watched_loss(batch, stream):
+        stream_now[0] = stream
+        return task_loss(batch, stream)
+
+    def after_forward(net, args, output):  # what each choice ran in this training forward
+        if not net.training:
+            return
+        groups = search_groups(net)
+        seen.append((stream_now[0], len(plans), [g.choice.sample is None for g in groups],
+                     {g.name: g.choice.candidates[g.choice.active_candidates()[0]] for g in groups}))
+
+    stream_now = [None]
+    module.current_plan, module.task_loss = recorded_plan, watched_loss
+    module.net.register_forward_hook(after_forward)
+    trainer().fit(module, datamodule=datamodule(corpus_dir))
+    train = [s for s in seen if s[0] == "train"]
+    assert len(train) == 12 and len(plans) == 12
+    for _, n_plans, no_sample, picked in train:
+        assert all(no_sample) and picked == plans[n_plans - 1].bits
+    assert not any(any(s[2]) for s in seen if s[0] == "search")  # the arch step sampled
+    for g in search_groups(module.net):
+        assert g.choice.argmax_index() == int(g.choice.theta.argmax())
+    assert current_plan() is plans[-1]  # kept while the argmax stays
+    g = search_groups(module.net)[1]
+    with torch.no_grad():  # a new argmax: the plan is derived again
+        g.choice.theta.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0, 0.0]))
+    assert current_plan() is not plans[-1]
+    assert current_plan().bits == derive_plan(module.net, module.search_space, module.budget, 0.99).bits
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(weights_at="argmax"), r"weights_at must be one of \('sample', 'plan'\), got 'argmax'"),
+    (dict(weights_at="plan", single_level=True), r"weights_at='plan' .*single_level=True"),
+    (dict(weights_at="plan", train_weights=False, warmup_fraction=0.0), r"weights_at='plan' .*train_weights=False"),
+])
+def test_weights_at_options_that_cannot_work_are_refused(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SupernetModule(tiny_lm(), **kw)
