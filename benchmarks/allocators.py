@@ -16,6 +16,8 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/nas-frozen-s<k>/  the post-training search (<configs>/search_frozen.yaml: the choices alone
                            on the FP32 weights, the best validated epoch's plan), from the prior
   avg<B>/nas-hessian-frozen-s<k>/  the same, initialised from the Hessian sensitivity
+  avg<B>/nas-hessian-at-plan-s<k>/  the bi-level search with its weights trained at its current plan
+                           (<configs>/search_at_plan.yaml), initialised from the Hessian sensitivity
   avg<B>/uniform<b>/       the uniform b-bit plan (only where b bits is exactly B)
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
@@ -56,7 +58,7 @@ from nas_mpq.files import write_atomic
 from nas_mpq.stages.run import restart_flags
 
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued", "nas_kl_frozen",
-        "nas_frozen", "nas_hessian_frozen")
+        "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
 run in several processes side by side (`--arms`), sharing one --ledger."""
 
@@ -264,10 +266,11 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
         plan = bench.search(base / f"nas-s{seed}", budget, seed)
     elif arm == "nas_frozen":
         plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config="search_frozen")
-    elif arm == "nas_hessian_frozen":
+    elif arm in ("nas_hessian_frozen", "nas_hessian_at_plan"):
         bench.sensitivity(base / "sens-hessian", "hessian", budget)
-        plan = bench.search(base / f"nas-hessian-frozen-s{seed}", budget, seed,
-                            base / "sens-hessian" / "sensitivity.json", config="search_frozen")
+        kind = arm.removeprefix("nas_hessian_")
+        plan = bench.search(base / f"nas-hessian-{kind.replace('_', '-')}-s{seed}", budget, seed,
+                            base / "sens-hessian" / "sensitivity.json", config=f"search_{kind}")
     else:  # nas_kl, nas_kl_frozen
         bench.sensitivity(base / "sens-kl", "kl", budget)
         frozen = arm == "nas_kl_frozen"

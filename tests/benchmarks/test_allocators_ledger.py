@@ -24,7 +24,7 @@ def bench_env(tmp_path, monkeypatch):
     alloc = load_allocators()
     configs = tmp_path / "configs"
     configs.mkdir()
-    for name in ("pretrain", "pretrain_continued", "search", "search_frozen", "finalize"):
+    for name in ("pretrain", "pretrain_continued", "search", "search_frozen", "search_at_plan", "finalize"):
         (configs / f"{name}.yaml").write_text(f"# {name}\n")
     calls = []
     val = {"ppl": 100.0}
@@ -147,3 +147,15 @@ def test_the_post_training_arms_search_with_their_config_and_start(bench_env):
         "nas-frozen-s0": ["fin-nas_frozen-s0"], "nas-frozen-s1": ["fin-nas_frozen-s1"],
         "nas-hessian-frozen-s0": ["fin-nas_hessian_frozen-s0"],
         "nas-hessian-frozen-s1": ["fin-nas_hessian_frozen-s1"]}
+
+
+def test_the_at_plan_arm_searches_with_its_config_from_hessian(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    alloc.run_arm(bench, "nas_hessian_at_plan", 2.0, [0], [1, 2, 4, 8, 32])
+    args = json.loads((tmp / "runs" / "avg2" / "nas-hessian-at-plan-s0" / "bench_run.json").read_text())["args"]
+    assert args[:3] == ["search", "--config", str(configs / "search_at_plan.yaml")]
+    assert args[-2:] == ["--model.init_sensitivity", str(tmp / "runs" / "avg2" / "sens-hessian" / "sensitivity.json")]
+    found = alloc.finalized_runs(tmp / "runs" / "avg2")
+    assert [p.name for p in found["nas-hessian-at-plan-s0"]] == ["fin-nas_hessian_at_plan-s0"]
