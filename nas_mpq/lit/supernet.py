@@ -35,7 +35,10 @@ mid-run).
 argmax, repaired to the budget; one candidate per group, no noise) instead of at a Gumbel sample:
 the weights then track the current plan, as the finalize's training would, and the choices step
 on weights adapted to it (the search batches still sample). With `plan_from: best_val` each
-epoch's validation is then the plan after that much training at it.
+epoch's validation is then the plan after that much training at it. The plan is derived again
+after every step on theta (the repair prices bits by the probabilities): a knapsack per step
+(about 40 ms on the flagship LSTM). Not under DDP (the choices are not in the weight step's
+graph), nor with `hard_warmup`.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
@@ -137,10 +140,11 @@ class SupernetModule(TaskModule):
                              f"training batch), got {arch_every!r}")
         if weights_at not in WEIGHTS_AT:
             raise ValueError(f"weights_at must be one of {WEIGHTS_AT}, got {weights_at!r}")
-        if weights_at == "plan" and (single_level or not train_weights):
+        if weights_at == "plan" and (single_level or not train_weights or hard_warmup):
             raise ValueError(f"weights_at='plan' trains the weights at the current plan in the bi-level search; it "
-                             f"needs single_level=False and train_weights=True, got single_level={single_level}, "
-                             f"train_weights={train_weights}")
+                             f"needs single_level=False, train_weights=True and hard_warmup=False (the warm-up "
+                             f"would draw no plan), got single_level={single_level}, train_weights={train_weights}, "
+                             f"hard_warmup={hard_warmup}")
         if plan_from not in PLAN_FROM:
             raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
         if single_level and not train_weights:
@@ -168,7 +172,7 @@ class SupernetModule(TaskModule):
         self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
         self._validated_plan: PrecisionPlan | None = None
-        self._current_plan: tuple[tuple[int, ...], PrecisionPlan] | None = None  # keyed by the argmax
+        self._current_plan: tuple[tuple[int, ...], PrecisionPlan] | None = None  # keyed by theta's versions
         if not train_weights:
             for p in self.net.parameters():
                 p.requires_grad_(False)
@@ -181,6 +185,10 @@ class SupernetModule(TaskModule):
             check_datamodule(self.trainer.datamodule, SearchData, "SupernetModule")
             if self.hparams.weights_until < 1.0 and self.trainer.world_size > 1:
                 raise ValueError(f"weights_until={self.hparams.weights_until} freezes the weights mid-run, which "
+                                 f"DistributedDataParallel does not allow; run it on one device (world size "
+                                 f"{self.trainer.world_size} here)")
+            if self.hparams.weights_at == "plan" and self.trainer.world_size > 1:
+                raise ValueError(f"weights_at='plan' leaves the choices out of the weight step's graph, which "
                                  f"DistributedDataParallel does not allow; run it on one device (world size "
                                  f"{self.trainer.world_size} here)")
         super().setup(stage)
@@ -321,9 +329,9 @@ class SupernetModule(TaskModule):
         the choices' when single-level)."""
         w_opt.zero_grad()
         if self.hparams.weights_at == "plan":
-            self.pin_evaluation(self.current_plan())
-            self.sampler.fixed = True
             try:
+                self.pin_evaluation(self.current_plan())
+                self.sampler.fixed = True
                 loss = self.task_loss(batch, "train")
             finally:
                 self.sampler.fixed = False
@@ -345,7 +353,7 @@ class SupernetModule(TaskModule):
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         if self.hparams.plan_from == "best_val":
-            self._validated_plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
+            self._validated_plan = self.current_plan()
             self.pin_evaluation(self._validated_plan)
 
     def on_validation_epoch_end(self) -> None:
@@ -359,9 +367,10 @@ class SupernetModule(TaskModule):
             self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
 
     def current_plan(self) -> PrecisionPlan:
-        """The plan the search would return now: the argmax, repaired to the budget (derived again
-        only when the argmax has changed)."""
-        key = tuple(c.argmax_index() for c in self._choices())
+        """The plan the search would return now: the argmax, repaired to the budget (the repair
+        prices bits by the probabilities, so it is derived again whenever theta has changed: its
+        version counter, no read from the device)."""
+        key = tuple(t._version for t in self.arch_parameters())
         if self._current_plan is None or self._current_plan[0] != key:
             self._current_plan = (key, derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill))
         return self._current_plan[1]
@@ -408,6 +417,7 @@ class SupernetModule(TaskModule):
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
         self.best_plan = state.get("best_plan")
+        self._current_plan = None
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)

@@ -390,10 +390,13 @@ def test_weights_at_plan_trains_the_weights_on_the_plan_the_search_would_return(
     """weights_at='plan': each weight step's forward runs the current plan (the argmax repaired to
     the budget: one candidate per group, no noise) while the search batches still sample; after
     the step the choices read their argmax from theta again."""
+    from search_spaces.lstm_lm import LSTMLM
+
     pl.seed_everything(0)
-    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.1,
-                            weights_at="plan", min_fill=0.99)
-    plans, seen = [], []
+    net = LSTMLM(200, embed_dim=16, hidden_dim=16, num_layers=2, dropout=0.3)  # training mode matters
+    module = SupernetModule(net, budget=Budget("avg_bits", 2.0), warmup_fraction=0.1, weights_at="plan",
+                            min_fill=0.99, plan_from="best_val")
+    plans, seen, left = [], [], []
     current_plan, task_loss = module.current_plan, module.task_loss
 
     def recorded_plan():
@@ -411,29 +414,56 @@ def test_weights_at_plan_trains_the_weights_on_the_plan_the_search_would_return(
         seen.append((stream_now[0], len(plans), [g.choice.sample is None for g in groups],
                      {g.name: g.choice.candidates[g.choice.active_candidates()[0]] for g in groups}))
 
+    class AfterStep(pl.Callback):  # what the weight step leaves behind
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            choices = [g.choice for g in search_groups(pl_module.net)]
+            left.append((pl_module.sampler.fixed, [(c.pinned, c._sample_index) for c in choices],
+                         pl_module.current_plan().bits == derive_plan(pl_module.net, pl_module.search_space,
+                                                                      pl_module.budget, 0.99).bits))
+
     stream_now = [None]
     module.current_plan, module.task_loss = recorded_plan, watched_loss
     module.net.register_forward_hook(after_forward)
-    trainer().fit(module, datamodule=datamodule(corpus_dir))
+    run = pl.Trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=3, logger=False, callbacks=[AfterStep()],
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0)
+    run.fit(module, datamodule=datamodule(corpus_dir))
     train = [s for s in seen if s[0] == "train"]
-    assert len(train) == 12 and len(plans) == 12
+    assert len(train) == 12
     for _, n_plans, no_sample, picked in train:
         assert all(no_sample) and picked == plans[n_plans - 1].bits
     assert not any(any(s[2]) for s in seen if s[0] == "search")  # the arch step sampled
-    for g in search_groups(module.net):
-        assert g.choice.argmax_index() == int(g.choice.theta.argmax())
-    assert current_plan() is plans[-1]  # kept while the argmax stays
+    # nothing pinned or picked is left after a step, and the plan is the one derived from theta now
+    assert left == [(False, [(None, None)] * len(search_groups(module.net)), True)] * 12
+    kept = current_plan()
+    assert module._validated_plan is kept  # the last validation ran the plan the weights trained at
+    assert current_plan() is kept  # kept while theta stays
     g = search_groups(module.net)[1]
-    with torch.no_grad():  # a new argmax: the plan is derived again
-        g.choice.theta.copy_(torch.tensor([0.0, 9.0, 0.0, 0.0, 0.0]))
-    assert current_plan() is not plans[-1]
+    with torch.no_grad():  # theta moved: the plan is derived again
+        g.choice.theta.add_(0.01)
+    assert current_plan() is not kept
     assert current_plan().bits == derive_plan(module.net, module.search_space, module.budget, 0.99).bits
+
+
+def test_weights_at_plan_leaves_nothing_pinned_when_the_step_fails(corpus_dir):
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), weights_at="plan")
+
+    def failing(batch, stream):
+        raise RuntimeError("out of memory")
+
+    module.task_loss = failing
+    w_opt = torch.optim.SGD(module.net.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        module._weight_step(None, w_opt, w_opt, 0.0, 0.0, False)
+    assert not module.sampler.fixed
+    assert all(g.choice.pinned is None and g.choice._sample_index is None for g in search_groups(module.net))
 
 
 @pytest.mark.parametrize("kw, message", [
     (dict(weights_at="argmax"), r"weights_at must be one of \('sample', 'plan'\), got 'argmax'"),
     (dict(weights_at="plan", single_level=True), r"weights_at='plan' .*single_level=True"),
     (dict(weights_at="plan", train_weights=False, warmup_fraction=0.0), r"weights_at='plan' .*train_weights=False"),
+    (dict(weights_at="plan", hard_warmup=True), r"weights_at='plan' .*hard_warmup=True"),
 ])
 def test_weights_at_options_that_cannot_work_are_refused(kw, message):
     with pytest.raises(ValueError, match=message):
