@@ -179,12 +179,12 @@ class WeightStats:
         """(the widths fitted in this pass, their scales): `bits` with the named widths not fitted
         yet, or `bits` alone for a reduced-precision weight (its scalars would round differently
         as tensors) or where the batch's temporaries would pass FIT_BATCH_ELEMENTS."""
-        rows = self.sample()[0]
+        sample = self.sample()
         widths = [b for b in self.widths if (b, iters) not in self._scales] if bits in self.widths else [bits]
-        if (rows.dtype not in (torch.float32, torch.float64)
-                or len(widths) * (len(_START_MULTIPLES) + 1) * rows.numel() > FIT_BATCH_ELEMENTS):
+        if (sample[0].dtype not in (torch.float32, torch.float64)
+                or len(widths) * (len(_START_MULTIPLES) + 1) * sample[0].numel() > FIT_BATCH_ELEMENTS):
             widths = [bits]
-        return widths, _fit(*self.sample(), widths, iters)
+        return widths, _fit(*sample, widths, iters)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(what the scale fit reads as (scales, elements), its rms per scale, its max-abs per scale)."""
