@@ -46,6 +46,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -324,7 +325,15 @@ def plot(results: dict, fp32: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def stop_stages_on_sigterm() -> None:
+    """SIGTERM (a `kill` of the benchmark) exits through SystemExit, so the stage running in a
+    subprocess is killed with it (subprocess.run does so on any exception) instead of running on,
+    orphaned, beside a restarted benchmark that resumes the same run."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
+    stop_stages_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="configs/shakespeare_lstm")
     ap.add_argument("--run_dir", default="runs/alloc/lstm")

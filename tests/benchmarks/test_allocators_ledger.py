@@ -159,3 +159,32 @@ def test_the_at_plan_arm_searches_with_its_config_from_hessian(bench_env):
     assert args[-2:] == ["--model.init_sensitivity", str(tmp / "runs" / "avg2" / "sens-hessian" / "sensitivity.json")]
     found = alloc.finalized_runs(tmp / "runs" / "avg2")
     assert [p.name for p in found["nas-hessian-at-plan-s0"]] == ["fin-nas_hessian_at_plan-s0"]
+
+
+def test_a_killed_benchmark_takes_its_running_stage_with_it(tmp_path):
+    """SIGTERM to the benchmark ends the stage subprocess it waits on (no orphan left to write
+    into a run that a restarted benchmark resumes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file, child_script, parent_script = tmp_path / "child.pid", tmp_path / "stage.py", tmp_path / "bench.py"
+    child_script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    parent_script.write_text(
+        "import importlib.util, subprocess, sys\n"
+        f"spec = importlib.util.spec_from_file_location('allocators', {str(ROOT / 'benchmarks' / 'allocators.py')!r})\n"
+        "alloc = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(alloc)\n"
+        "alloc.stop_stages_on_sigterm()\n"
+        f"subprocess.run([sys.executable, {str(child_script)!r}])\n")
+    parent = subprocess.Popen([sys.executable, str(parent_script)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # gone (killed and reaped by subprocess.run)
