@@ -133,6 +133,12 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
     the stage really runs (it makes sure the FP32 checkpoint exists); `restore=False` ignores the
     ledger (a run retrained for its checkpoint)."""
     record = run_dir / "bench_run.json"
+    config = Path(args[args.index("--config") + 1])
+    if not config.exists():  # no run can have been made with it
+        if not bench.run:
+            raise NotRun(str(run_dir))
+        raise SystemExit(f"error: {config} does not exist; {run_dir} needs it (write it, or leave out the arm "
+                         f"that runs it with --arms)")
     digest = config_digest(args)
     entry = bench.ledger.entry(run_dir) if restore else None
     if not (run_dir / "metrics.json").exists() and entry is not None:

@@ -188,3 +188,15 @@ def test_a_killed_benchmark_takes_its_running_stage_with_it(tmp_path):
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # gone (killed and reaped by subprocess.run)
+
+
+def test_an_arm_whose_config_is_missing_is_reported_as_not_run_or_refused(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    (configs / "search_at_plan.yaml").unlink()
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    bench.sensitivity(tmp / "runs" / "avg2" / "sens-hessian", "hessian", 2.0)  # what the arm needs first
+    report = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json", run=False)
+    assert alloc.run_arm(report, "nas_hessian_at_plan", 2.0, [0], [1, 2, 4, 8, 32]) == []
+    with pytest.raises(SystemExit, match=r"search_at_plan.yaml does not exist; .*nas-hessian-at-plan-s0 needs it"):
+        alloc.run_arm(bench, "nas_hessian_at_plan", 2.0, [0], [1, 2, 4, 8, 32])
