@@ -63,13 +63,7 @@ from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
-
-
-PLAN_FROM = ("best_val", "last")
-"""Which epoch's choices the derived plan takes (SupernetModule's `plan_from`)."""
-WEIGHTS_AT = ("sample", "plan")
-"""What the weight step trains (SupernetModule's `weights_at`): a Gumbel sample of the choices, or
-the plan the search would return now (its argmax, repaired to the budget)."""
+from .search_settings import PLAN_FROM, WEIGHTS_AT, check_search_settings
 
 
 def _default_weight_optimizer(params) -> torch.optim.Optimizer:
@@ -111,48 +105,7 @@ class SupernetModule(TaskModule):
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)
         self.hparams.update(space=asdict(space), budget=asdict(budget))
-        if min_fill is not None and not 0.0 < min_fill <= 1.0:
-            raise ValueError(f"min_fill must be in (0, 1] or None, got {min_fill}")
-        for name, v in (("warmup_fraction", warmup_fraction), ("ramp_fraction", ramp_fraction),
-                        ("sharpen_from", sharpen_from)):
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {v}")
-        if not warmup_fraction <= weights_until <= 1.0:
-            raise ValueError(f"weights_until must be in [warmup_fraction, 1] = [{warmup_fraction}, 1] (the weights "
-                             f"train until that fraction of the steps), got {weights_until}")
-        if weights_until < 1.0 and (single_level or not train_weights):
-            raise ValueError(f"weights_until={weights_until} needs the bi-level search with weight steps "
-                             f"(single_level=False, train_weights=True), got single_level={single_level}, "
-                             f"train_weights={train_weights}")
-        if hard_warmup and (warmup_fraction == 0.0 or not train_weights):
-            raise ValueError(f"hard_warmup=True trains the weights on sampled plans during the warm-up; it needs "
-                             f"warmup_fraction > 0 and train_weights=True, got warmup_fraction={warmup_fraction}, "
-                             f"train_weights={train_weights}")
-        for name, v in (("dual_lr", dual_lr), ("entropy_weight", entropy_weight)):
-            if not v >= 0.0:
-                raise ValueError(f"{name} must be non-negative, got {v}")
-        if tau_start <= 0 or tau_end <= 0:
-            raise ValueError(f"temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
-        if lam < 0:
-            raise ValueError(f"lam must be non-negative, got {lam}")
-        if isinstance(arch_every, bool) or not isinstance(arch_every, int) or arch_every < 1:
-            raise ValueError(f"arch_every must be a positive integer (the choices step on every arch_every-th "
-                             f"training batch), got {arch_every!r}")
-        if weights_at not in WEIGHTS_AT:
-            raise ValueError(f"weights_at must be one of {WEIGHTS_AT}, got {weights_at!r}")
-        if weights_at == "plan" and (single_level or not train_weights or hard_warmup):
-            raise ValueError(f"weights_at='plan' trains the weights at the current plan in the bi-level search; it "
-                             f"needs single_level=False, train_weights=True and hard_warmup=False (the warm-up "
-                             f"would draw no plan), got single_level={single_level}, train_weights={train_weights}, "
-                             f"hard_warmup={hard_warmup}")
-        if plan_from not in PLAN_FROM:
-            raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
-        if single_level and not train_weights:
-            raise ValueError("single_level=True steps the weights and the choices on one loss; it needs "
-                             "train_weights=True")
-        if single_level and arch_every != 1:
-            raise ValueError(f"arch_every={arch_every} needs the bi-level search; single_level steps the choices "
-                             "on every training batch")
+        check_search_settings(**self.hparams)
         self.automatic_optimization = False
         self.search_space = space.build()
         self.budget = budget
@@ -220,8 +173,7 @@ class SupernetModule(TaskModule):
                                            for g in groups])
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        choices = [g.choice for g in search_groups(self.net)] + [a.choice for a in activation_groups(self.net)]
-        return [c.theta for c in choices if c.theta is not None]
+        return [c.theta for c in self._choices() if c.theta is not None]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         arch = self.arch_parameters()
