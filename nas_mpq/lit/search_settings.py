@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-PLAN_FROM = ("best_val", "last")
-"""Which epoch's choices the derived plan takes (SupernetModule's `plan_from`)."""
+PLAN_FROM = ("best_val", "last", "probe")
+"""Which epoch's choices the derived plan takes (SupernetModule's `plan_from`): the best validated,
+the last, or the best after a short training at each of the best validated and the start plan."""
 WEIGHTS_AT = ("sample", "plan")
 """What the weight step trains (SupernetModule's `weights_at`): a Gumbel sample of the choices, or
 the plan the search would return now (its argmax, repaired to the budget)."""
@@ -15,7 +16,7 @@ def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ram
                           sharpen_from: float, weights_until: float, single_level: bool, train_weights: bool,
                           hard_warmup: bool, dual_lr: float, entropy_weight: float, tau_start: float,
                           tau_end: float, lam: float, arch_every: int, weights_at: str, plan_from: str,
-                          **_: Any) -> None:
+                          probe_steps: int = 300, probe_top: int = 3, **_: Any) -> None:
     """ValueError for a setting out of its range or a combination the search cannot run (the
     module's other arguments are ignored)."""
     if min_fill is not None and not 0.0 < min_fill <= 1.0:
@@ -54,6 +55,9 @@ def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ram
                          f"hard_warmup={hard_warmup}")
     if plan_from not in PLAN_FROM:
         raise ValueError(f"plan_from must be one of {PLAN_FROM}, got {plan_from!r}")
+    for name, v, least in (("probe_steps", probe_steps, 0), ("probe_top", probe_top, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
     if single_level and not train_weights:
         raise ValueError("single_level=True steps the weights and the choices on one loss; it needs "
                          "train_weights=True")

@@ -46,7 +46,14 @@ The derived plan is the argmax, repaired to the budget by a size-priced knapsack
 of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
 (`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
 would return at that point (the repaired argmax), so the plan returned is one that was validated;
-validations before the warm-up's end (choices not yet moved) do not compete.
+validations before the warm-up's end (choices not yet moved) do not compete. `probe` validates
+the same way, then compares the plan the search started from and the `probe_top` [3] best-validated
+distinct plans at equal training: each is trained for `probe_steps` [300] steps from the weights the
+search started from (the weight optimizer's settings, the same batches and dropout masks; probe.py)
+and validated, and the best is returned. A plan validated in the search has had that many epochs of
+training at (or near) it, later epochs more than earlier ones and the start plan none, so the
+epochs' figures favour plans by their training as much as by their quality; the probe does not
+(it costs `probe_top + 1` short trainings after the search, and a copy of the starting weights).
 """
 from __future__ import annotations
 
@@ -63,6 +70,7 @@ from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
+from .probe import device_kwargs, probe_candidates, probe_plan
 from .search_settings import PLAN_FROM, WEIGHTS_AT, check_search_settings
 
 
@@ -98,7 +106,7 @@ class SupernetModule(TaskModule):
                  single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
                  train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
                  weights_at: str = "sample",
-                 plan_from: str = "last",
+                 plan_from: str = "last", probe_steps: int = 300, probe_top: int = 3,
                  init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
                  seed: int = 0) -> None:
         super().__init__(net, seed)
@@ -124,6 +132,11 @@ class SupernetModule(TaskModule):
         self._weights_frozen = False
         self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
+        self.validated_plans: list[dict[str, Any]] = []  # each competing epoch's, as best_plan (plan_from probe)
+        self.probes: list[dict[str, Any]] | None = None  # plan_from probe: each candidate's probe, once run
+        self._start_weights: dict[str, torch.Tensor] | None = None
+        # the plan of the initial choices (theta is not in the weights a resume restores first)
+        self.start_plan = derive_plan(self.net, self.search_space, budget, min_fill) if plan_from == "probe" else None
         self._validated_plan: PrecisionPlan | None = None
         self._current_plan: tuple[tuple[int, ...], PrecisionPlan] | None = None  # keyed by theta's versions
         if not train_weights:
@@ -144,6 +157,12 @@ class SupernetModule(TaskModule):
                 raise ValueError(f"weights_at='plan' leaves the choices out of the weight step's graph, which "
                                  f"DistributedDataParallel does not allow; run it on one device (world size "
                                  f"{self.trainer.world_size} here)")
+            if self.hparams.plan_from == "probe":
+                if self.trainer.world_size > 1:
+                    raise ValueError(f"plan_from='probe' trains its candidate plans on one device after the search; "
+                                     f"run it on one device (world size {self.trainer.world_size} here)")
+                # before a resume restores the trained weights: the probes start where the search did
+                self._start_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
         super().setup(stage)
 
     def check_budget(self) -> None:
@@ -304,19 +323,21 @@ class SupernetModule(TaskModule):
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        if self.hparams.plan_from == "best_val":
+        if self.hparams.plan_from != "last":
             self._validated_plan = self.current_plan()
             self.pin_evaluation(self._validated_plan)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self.hparams.plan_from != "best_val":
+        if self.hparams.plan_from == "last":
             return
         self.pin_evaluation(None)
         if self.trainer.sanity_checking or not self.val_history:
             return
         if self._progress >= self.hparams.warmup_fraction:
-            self.keep_if_best(self._validated_plan, self.val_history[-1], len(self.val_history) - 1)
+            epoch, val_ppl = len(self.val_history) - 1, self.val_history[-1]
+            self.keep_if_best(self._validated_plan, val_ppl, epoch)
+            self.validated_plans.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
 
     def current_plan(self) -> PrecisionPlan:
         """The plan the search would return now: the argmax, repaired to the budget (the repair
@@ -343,10 +364,36 @@ class SupernetModule(TaskModule):
         self.best_plan = {"epoch": epoch, "val_ppl": val_ppl, "plan": plan.to_dict()}
         return True
 
+    def probe_candidates(self) -> list[dict[str, Any]]:
+        """The plans `plan_from: probe` compares: the start plan (epoch None) and the `probe_top`
+        best-validated distinct plans (probe.py)."""
+        return probe_candidates(self.start_plan, self.validated_plans, self.hparams.probe_top)
+
+    def run_probes(self) -> list[dict[str, Any]]:
+        """Train and validate every candidate plan (probe.py) on the fitted trainer's datamodule
+        and device, from the weights the search started from; kept in `probes`, each with its
+        `probe_val_ppl`."""
+        if self._start_weights is None:
+            raise RuntimeError("plan_from='probe' compares plans from the weights the search started from, "
+                               "which a fit of this module records; run trainer.fit first")
+        kwargs = dict(**device_kwargs(self.device), enable_progress_bar=self.trainer.progress_bar_callback is not None)
+        self.probes = [{**c, "probe_val_ppl": probe_plan(self.net, self._start_weights, PrecisionPlan.from_dict(c["plan"]),
+                                                          self.trainer.datamodule, self.weight_factory,
+                                                          self.hparams.probe_steps, self.hparams.grad_clip,
+                                                          self.seed, **kwargs)}
+                       for c in self.probe_candidates()]
+        return self.probes
+
     def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan (of the best validated epoch with `plan_from: best_val`), repaired to
-        meet the budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which
-        epoch's choices it is)."""
+        """The argmax plan (of the best validated epoch with `plan_from: best_val`; the best
+        probed candidate with `probe`, probing first if not yet done), repaired to meet the
+        budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which epoch's
+        choices it is: None for the start plan)."""
+        if self.hparams.plan_from == "probe":
+            best = min(self.probes or self.run_probes(), key=lambda c: c["probe_val_ppl"])
+            plan = PrecisionPlan.from_dict(best["plan"])
+            plan.extra["search_epoch"] = {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
+            return plan
         best = self.best_plan if self.hparams.plan_from == "best_val" else None
         if best is None:
             plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
@@ -361,6 +408,7 @@ class SupernetModule(TaskModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["nas_mpq"]["sampler"] = self.sampler.state_dict()
         checkpoint["nas_mpq"]["best_plan"] = self.best_plan
+        checkpoint["nas_mpq"]["validated_plans"] = self.validated_plans
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nas_mpq")
@@ -369,7 +417,9 @@ class SupernetModule(TaskModule):
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
         self.best_plan = state.get("best_plan")
+        self.validated_plans = list(state.get("validated_plans", []))
         self._current_plan = None
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)
+

@@ -45,6 +45,8 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
                "compression": r.compression, "avg_bits": r.avg_bits,
                "bits_used": sorted(set(plan.bits.values())), "repair": plan.extra.get("repair"),
                "search_epoch": plan.extra.get("search_epoch"),
+               **({"probes": [{k: c[k] for k in ("epoch", "val_ppl", "probe_val_ppl")} for c in module.probes]}
+                  if module.probes else {}),
                **({"activation_bits": plan.activation_bits} if plan.activations else {})}
     print(plan.summary_table())
     print(coverage_summary(plan.extra["coverage"]))
@@ -52,5 +54,8 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
     print(f"repair: {repair.get('groups_changed', 0)} groups changed, {repair.get('bits_moved', 0)} bits moved "
           f"(argmax plan avg {repair.get('argmax_avg_bits', r.avg_bits):.3f} bits -> {r.avg_bits:.3f}): "
           f"{repair.get('changed', {})}")
+    for c in module.probes or []:
+        print(f"probe: {'start plan' if c['epoch'] is None else 'epoch %d' % c['epoch']}: "
+              f"val ppl {c['probe_val_ppl']:.2f} after {module.hparams.probe_steps} steps")
     cli.finish(metrics, plan)
     return 0

@@ -295,7 +295,7 @@ def test_the_plan_is_the_best_validated_plan():
     assert set(plan.bits.values()) == {2} and plan.extra["search_epoch"] == {"epoch": 0, "val_ppl": 110.0}
     module.hparams.plan_from = "last"
     assert set(module.derive_plan().bits.values()) == {1}
-    with pytest.raises(ValueError, match=r"plan_from must be one of \('best_val', 'last'\), got 'best'"):
+    with pytest.raises(ValueError, match=r"plan_from must be one of \('best_val', 'last', 'probe'\), got 'best'"):
         SupernetModule(tiny_lm(), plan_from="best")
 
 

@@ -1,0 +1,65 @@
+"""A plan's quality after a short recovery: the network's starting weights made a QAT model of the
+plan, trained for a few steps at it and validated. The search's `plan_from: probe` compares its
+candidate plans this way, each from the same weights, on the same batches and dropout masks, so
+that none is favoured by having been trained longer than another (what a plan reaches after such
+training predicts its finalized quality better than its validation on untrained weights)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from nas_mpq.plan import PrecisionPlan
+
+from .common import OptimizerFactory
+from .train import TrainModule
+
+
+def probe_plan(net: nn.Module, start: dict[str, torch.Tensor], plan: PrecisionPlan, datamodule: pl.LightningDataModule,
+               optimizer: OptimizerFactory, steps: int, grad_clip: float | None, seed: int,
+               **trainer_kwargs: Any) -> float:
+    """The validation perplexity of `plan` on a copy of `net` (a float or supernet network) with
+    the weights `start` (its state dict), after `steps` steps of STE training at the plan on
+    `datamodule`'s training batches (`optimizer`, gradient norm clipped at `grad_clip`, dropout
+    seeded by `seed`). `net` itself is left as it is; `trainer_kwargs` go to both Trainers (the
+    device, the progress bar)."""
+    probe_net = copy.deepcopy(net)
+    probe_net.load_state_dict(start)
+    module = TrainModule(probe_net, optimizer, seed=seed)
+    module.plan = plan
+    module.reinitialize()  # the plan's quantizers, fitted to the starting weights
+    quiet = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
+    pl.seed_everything(seed, verbose=False)
+    if steps:
+        pl.Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=grad_clip,
+                   **quiet).fit(module, datamodule=datamodule)
+    return pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]["val/ppl"]
+
+
+def probe_candidates(start: PrecisionPlan, validated: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The start plan (as {"epoch": None, "val_ppl": None, "plan": its dict}) followed by the
+    `top` best-validated of `validated` ({"epoch", "val_ppl", "plan"}), each distinct plan once
+    (at its best validation, the earlier epoch on a tie)."""
+    out = [{"epoch": None, "val_ppl": None, "plan": start.to_dict()}]
+    for c in sorted(validated, key=lambda c: (c["val_ppl"], c["epoch"])):
+        if len(out) > top:
+            break
+        if all(_bits(c["plan"]) != _bits(o["plan"]) for o in out):
+            out.append(c)
+    return out
+
+
+def device_kwargs(device: torch.device) -> dict[str, Any]:
+    """The Trainer arguments that run on `device` alone."""
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    return {"accelerator": device.type, "devices": 1}
+
+
+def _bits(plan: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """A plan dict's bits per weight group and per quantized layer input."""
+    return ({n: g["bits"] for n, g in plan["groups"].items()},
+            {n: a["bits"] for n, a in plan.get("activations", {}).items()})
