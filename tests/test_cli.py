@@ -51,6 +51,24 @@ def test_resumed_search_ends_with_the_same_plan(config, tmp_path):
         json.loads((resumed / "metrics.json").read_text())["val_ppl_history"]
 
 
+def test_a_probing_search_reports_its_probes_and_resumes_to_the_same_plan(config, tmp_path, capsys):
+    """plan_from probe through the CLI: the probes in metrics.json and the log, the plan the best
+    probed one; a search resumed from its first epoch probes from the same starting weights and
+    returns the same plan with the same figures."""
+    probe = ["--model.plan_from", "probe", "--model.probe_steps", "2", "--model.probe_top", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["search", "--config", str(config), "--run_dir", str(straight), *probe]) == 0
+    assert "probe: start plan: val ppl" in capsys.readouterr().out
+    m = json.loads((straight / "metrics.json").read_text())
+    assert [c["epoch"] for c in m["probes"]][0] is None and 1 <= len(m["probes"]) <= 2
+    best = min(m["probes"], key=lambda c: c["probe_val_ppl"])
+    assert m["search_epoch"] == best
+    epoch0 = straight / "checkpoints" / "epoch=0.ckpt"
+    assert main(["search", "--config", str(config), "--run_dir", str(resumed), "--resume", str(epoch0), *probe]) == 0
+    assert json.loads((resumed / "metrics.json").read_text())["probes"] == m["probes"]
+    assert (straight / "plan.json").read_text() == (resumed / "plan.json").read_text()
+
+
 def test_refuses_to_overwrite_results(config, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -47,13 +47,9 @@ of the last epoch's choices [`plan_from: last`; validation runs the argmax plan,
 (`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
 would return at that point (the repaired argmax), so the plan returned is one that was validated;
 validations before the warm-up's end (choices not yet moved) do not compete. `probe` validates
-the same way, then compares the plan the search started from and the `probe_top` [3] best-validated
-distinct plans at equal training: each is trained for `probe_steps` [300] steps from the weights the
-search started from (the weight optimizer's settings, the same batches and dropout masks; probe.py)
-and validated, and the best is returned. A plan validated in the search has had that many epochs of
-training at (or near) it, later epochs more than earlier ones and the start plan none, so the
-epochs' figures favour plans by their training as much as by their quality; the probe does not
-(it costs `probe_top + 1` short trainings after the search, and a copy of the starting weights).
+the same way, then trains the start plan and the `probe_top` [3] best-validated distinct plans for
+`probe_steps` [300] steps each from the starting weights and returns the best validated (probe.py):
+the epochs' figures favour plans trained longer, the probe compares plans at equal training.
 """
 from __future__ import annotations
 
