@@ -56,6 +56,7 @@ import sys
 import time
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from nas_mpq.files import write_atomic
@@ -324,7 +325,9 @@ def plot(results: dict, fp32: dict, path: Path) -> None:
                for b in results.values() for a, s in b.items() if a == arm and s["test_ppl"]["mean"] is not None]
         if pts:
             xs, ys, es = zip(*sorted(pts))
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm)
+            # 20 colours and 9 markers: more arms than the default colour cycle stay distinct
+            ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph"[i % 9], color=colormaps["tab20"](i % 20), capsize=3,
+                        label=arm)
     ax.axhline(fp32["test_ppl"], color="k", ls="--", lw=1, label="FP32")
     ax.set_xlabel("average bits (searched weights)")
     ax.set_ylabel("test perplexity")
