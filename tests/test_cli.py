@@ -61,6 +61,8 @@ def test_a_probing_search_reports_its_probes_and_resumes_to_the_same_plan(config
     assert "probe: start plan: val ppl" in capsys.readouterr().out
     m = json.loads((straight / "metrics.json").read_text())
     assert [c["epoch"] for c in m["probes"]][0] is None and 1 <= len(m["probes"]) <= 2
+    # the other candidate (unless its plan is the start plan) is the best validated epoch's
+    assert m["probes"][-1]["val_ppl"] in (None, min(m["val_ppl_history"]))
     best = min(m["probes"], key=lambda c: c["probe_val_ppl"])
     assert m["search_epoch"] == best
     epoch0 = straight / "checkpoints" / "epoch=0.ckpt"

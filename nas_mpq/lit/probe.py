@@ -24,19 +24,31 @@ def probe_plan(net: nn.Module, start: dict[str, torch.Tensor], plan: PrecisionPl
     """The validation perplexity of `plan` on a copy of `net` (a float or supernet network) with
     the weights `start` (its state dict), after `steps` steps of STE training at the plan on
     `datamodule`'s training batches (`optimizer`, gradient norm clipped at `grad_clip`, dropout
-    seeded by `seed`). `net` itself is left as it is; `trainer_kwargs` go to both Trainers (the
-    device, the progress bar)."""
+    masks drawn from `seed` and the step, as in every stage). `net` itself is left as it is;
+    `trainer_kwargs` go to both Trainers (device, precision, validation batches, progress bar)."""
     probe_net = copy.deepcopy(net)
     probe_net.load_state_dict(start)
     module = TrainModule(probe_net, optimizer, seed=seed)
     module.plan = plan
     module.reinitialize()  # the plan's quantizers, fitted to the starting weights
+    probe_net.requires_grad_(True)  # a copy of a search whose weights were frozen trains too
     quiet = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
-    pl.seed_everything(seed, verbose=False)
     if steps:
-        pl.Trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=grad_clip,
-                   **quiet).fit(module, datamodule=datamodule)
+        pl.Trainer(max_steps=steps, num_sanity_val_steps=0, gradient_clip_val=grad_clip,
+                   **{**quiet, "limit_val_batches": 0}).fit(module, datamodule=datamodule)
     return pl.Trainer(**quiet).validate(module, datamodule=datamodule, verbose=False)[0]["val/ppl"]
+
+
+def probe_all(net: nn.Module, start: dict[str, torch.Tensor], candidates: list[dict[str, Any]],
+              datamodule: pl.LightningDataModule, optimizer: OptimizerFactory, steps: int, grad_clip: float | None,
+              seed: int, **trainer_kwargs: Any) -> list[dict[str, Any]]:
+    """Each candidate ({"plan": a plan dict, ...}) with its `probe_val_ppl` (probe_plan, every one
+    from `start`, with the same batches and dropout masks); the global random state is left as it
+    was."""
+    with torch.random.fork_rng():
+        return [{**c, "probe_val_ppl": probe_plan(net, start, PrecisionPlan.from_dict(c["plan"]), datamodule,
+                                                  optimizer, steps, grad_clip, seed, **trainer_kwargs)}
+                for c in candidates]
 
 
 def probe_candidates(start: PrecisionPlan, validated: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
@@ -52,11 +64,14 @@ def probe_candidates(start: PrecisionPlan, validated: list[dict[str, Any]], top:
     return out
 
 
-def device_kwargs(device: torch.device) -> dict[str, Any]:
-    """The Trainer arguments that run on `device` alone."""
-    if device.type == "cuda":
-        return {"accelerator": "gpu", "devices": [device.index or 0]}
-    return {"accelerator": device.type, "devices": 1}
+def trainer_settings(trainer: pl.Trainer) -> dict[str, Any]:
+    """The settings of `trainer` a probe runs with: its device (one), precision, validation
+    batches and progress bar."""
+    device = trainer.strategy.root_device
+    where = ({"accelerator": "gpu", "devices": [device.index or 0]} if device.type == "cuda"
+             else {"accelerator": device.type, "devices": 1})
+    return {**where, "precision": trainer.precision, "limit_val_batches": trainer.limit_val_batches,
+            "enable_progress_bar": trainer.progress_bar_callback is not None}
 
 
 def _bits(plan: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:

@@ -66,7 +66,7 @@ from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
-from .probe import device_kwargs, probe_candidates, probe_plan
+from .probe import probe_all, probe_candidates, trainer_settings
 from .search_settings import PLAN_FROM, WEIGHTS_AT, check_search_settings
 
 
@@ -128,9 +128,10 @@ class SupernetModule(TaskModule):
         self._weights_frozen = False
         self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
-        self.validated_plans: list[dict[str, Any]] = []  # each competing epoch's, as best_plan (plan_from probe)
+        self.validated_plans: list[dict[str, Any]] = []  # plan_from probe: each competing epoch's, as best_plan
         self.probes: list[dict[str, Any]] | None = None  # plan_from probe: each candidate's probe, once run
         self._start_weights: dict[str, torch.Tensor] | None = None
+        self._probe_settings: dict[str, Any] = {}
         # the plan of the initial choices (theta is not in the weights a resume restores first)
         self.start_plan = derive_plan(self.net, self.search_space, budget, min_fill) if plan_from == "probe" else None
         self._validated_plan: PrecisionPlan | None = None
@@ -153,13 +154,16 @@ class SupernetModule(TaskModule):
                 raise ValueError(f"weights_at='plan' leaves the choices out of the weight step's graph, which "
                                  f"DistributedDataParallel does not allow; run it on one device (world size "
                                  f"{self.trainer.world_size} here)")
-            if self.hparams.plan_from == "probe":
-                if self.trainer.world_size > 1:
-                    raise ValueError(f"plan_from='probe' trains its candidate plans on one device after the search; "
-                                     f"run it on one device (world size {self.trainer.world_size} here)")
-                # before a resume restores the trained weights: the probes start where the search did
-                self._start_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
+            if self.hparams.plan_from == "probe" and self.trainer.world_size > 1:
+                raise ValueError(f"plan_from='probe' trains its candidate plans on one device after the search; "
+                                 f"run it on one device (world size {self.trainer.world_size} here)")
         super().setup(stage)
+        if stage == "fit" and self.hparams.plan_from == "probe":
+            # before a resume restores the trained weights (and after activation calibration): the
+            # probes start where the search did, even when fit is called again
+            if self._start_weights is None:
+                self._start_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
+            self._probe_settings, self.probes = trainer_settings(self.trainer), None
 
     def check_budget(self) -> None:
         """ValueError, before any training, if no plan of this supernet meets the budget, or if
@@ -333,7 +337,8 @@ class SupernetModule(TaskModule):
         if self._progress >= self.hparams.warmup_fraction:
             epoch, val_ppl = len(self.val_history) - 1, self.val_history[-1]
             self.keep_if_best(self._validated_plan, val_ppl, epoch)
-            self.validated_plans.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
+            if self.hparams.plan_from == "probe":
+                self.validated_plans.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
 
     def current_plan(self) -> PrecisionPlan:
         """The plan the search would return now: the argmax, repaired to the budget (the repair
@@ -360,31 +365,23 @@ class SupernetModule(TaskModule):
         self.best_plan = {"epoch": epoch, "val_ppl": val_ppl, "plan": plan.to_dict()}
         return True
 
-    def probe_candidates(self) -> list[dict[str, Any]]:
-        """The plans `plan_from: probe` compares: the start plan (epoch None) and the `probe_top`
-        best-validated distinct plans (probe.py)."""
-        return probe_candidates(self.start_plan, self.validated_plans, self.hparams.probe_top)
-
     def run_probes(self) -> list[dict[str, Any]]:
-        """Train and validate every candidate plan (probe.py) on the fitted trainer's datamodule
-        and device, from the weights the search started from; kept in `probes`, each with its
-        `probe_val_ppl`."""
+        """Train and validate the start plan and the `probe_top` best-validated distinct plans
+        (probe.py) on the fitted trainer's datamodule, device and precision, each from the weights
+        the search started from; kept in `probes`, each with its `probe_val_ppl`."""
         if self._start_weights is None:
             raise RuntimeError("plan_from='probe' compares plans from the weights the search started from, "
                                "which a fit of this module records; run trainer.fit first")
-        kwargs = dict(**device_kwargs(self.device), enable_progress_bar=self.trainer.progress_bar_callback is not None)
-        self.probes = [{**c, "probe_val_ppl": probe_plan(self.net, self._start_weights, PrecisionPlan.from_dict(c["plan"]),
-                                                          self.trainer.datamodule, self.weight_factory,
-                                                          self.hparams.probe_steps, self.hparams.grad_clip,
-                                                          self.seed, **kwargs)}
-                       for c in self.probe_candidates()]
+        candidates = probe_candidates(self.start_plan, self.validated_plans, self.hparams.probe_top)
+        self.probes = probe_all(self.net, self._start_weights, candidates, self.trainer.datamodule, self.weight_factory,
+                                self.hparams.probe_steps, self.hparams.grad_clip, self.seed, **self._probe_settings)
         return self.probes
 
     def derive_plan(self) -> PrecisionPlan:
         """The argmax plan (of the best validated epoch with `plan_from: best_val`; the best
         probed candidate with `probe`, probing first if not yet done), repaired to meet the
         budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which epoch's
-        choices it is: None for the start plan)."""
+        choices it is: its "epoch" None for the start plan)."""
         if self.hparams.plan_from == "probe":
             best = min(self.probes or self.run_probes(), key=lambda c: c["probe_val_ppl"])
             plan = PrecisionPlan.from_dict(best["plan"])
@@ -413,9 +410,8 @@ class SupernetModule(TaskModule):
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
         self.best_plan = state.get("best_plan")
-        self.validated_plans = list(state.get("validated_plans", []))
+        self.validated_plans, self.probes = list(state.get("validated_plans", [])), None
         self._current_plan = None
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()
         super().on_load_checkpoint(checkpoint)
-

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_lm
 from nas_mpq.data import LMDataModule
 from nas_mpq.lit import SupernetModule
-from nas_mpq.lit.probe import probe_plan
+from nas_mpq.lit.probe import probe_candidates, probe_plan, trainer_settings
 from nas_mpq.plan import Budget
 from nas_mpq.search import derive_plan, search_groups
 from search_spaces.lstm_lm import LSTMLM
@@ -50,15 +50,18 @@ def test_the_search_returns_the_best_probed_of_its_start_and_best_validated_plan
     best = min(probes, key=lambda c: c["probe_val_ppl"])
     assert plan.to_dict()["groups"] == best["plan"]["groups"] and plan.meets_budget()
     assert plan.extra["search_epoch"] == {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
-    assert module.derive_plan().bits == plan.bits  # probed once
+    assert module.derive_plan().bits == plan.bits and module.probes is probes  # probed once
+    assert trainer_settings(trainer) == {"accelerator": "cpu", "devices": 1, "precision": "32-true",
+                                         "limit_val_batches": 3, "enable_progress_bar": False}
     # each probe started from the search's starting weights, not its trained ones: the same
     # training of a fresh copy gives the same figure
-    trained = module.net.state_dict()
+    trained = {k: v.clone() for k, v in module.net.state_dict().items()}
     assert any(not torch.equal(trained[k], start[k]) for k in start)
     for c in probes:
         again = probe_plan(net(), {k: v for k, v in start.items() if ".choices." not in k},
                            type(plan).from_dict(c["plan"]), module.trainer.datamodule,
-                           module.weight_factory, 3, module.hparams.grad_clip, module.seed, enable_progress_bar=False)
+                           module.weight_factory, 3, module.hparams.grad_clip, module.seed, enable_progress_bar=False,
+                           limit_val_batches=3)
         assert again == pytest.approx(c["probe_val_ppl"], rel=1e-6)
     assert all(torch.equal(module.net.state_dict()[k], v) for k, v in trained.items())  # left as it was
 
@@ -76,12 +79,28 @@ def test_the_start_plan_competes_and_distinct_plans_are_probed_once():
     two, one = plan_at(2), plan_at(1)
     module.validated_plans = [{"epoch": 0, "val_ppl": 120.0, "plan": one}, {"epoch": 1, "val_ppl": 110.0, "plan": two},
                               {"epoch": 2, "val_ppl": 115.0, "plan": two}, {"epoch": 3, "val_ppl": 130.0, "plan": one}]
-    candidates = module.probe_candidates()
+    candidates = probe_candidates(module.start_plan, module.validated_plans, module.hparams.probe_top)
     assert [c["epoch"] for c in candidates] == [None, 1, 0]  # epoch 2 and 3 repeat plans already in
     module.probes = [{**c, "probe_val_ppl": v} for c, v in zip(candidates, (100.0, 101.0, 99.0))]
     assert module.derive_plan().extra["search_epoch"] == {"epoch": 0, "val_ppl": 120.0, "probe_val_ppl": 99.0}
     module.probes[0]["probe_val_ppl"] = 98.0  # the start plan wins: the search returns it
     assert module.derive_plan().bits == module.start_plan.bits
+
+
+def test_a_post_training_search_probes_its_plans_with_the_weights_trainable(corpus_dir):
+    """train_weights=False freezes the search's weights; each probe still trains its copy."""
+    pl.seed_everything(0)
+    module = SupernetModule(net(), budget=Budget("avg_bits", 2.0), warmup_fraction=0.0, train_weights=False,
+                            min_fill=0.99, plan_from="probe", probe_steps=3, probe_top=1,
+                            optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
+    pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=3, **quiet()).fit(
+        module, datamodule=datamodule(corpus_dir))
+    plan = module.derive_plan()
+    start = {k: v for k, v in module._start_weights.items() if ".choices." not in k}
+    untrained = probe_plan(net(), start, plan, module.trainer.datamodule,
+                           module.weight_factory, 0, None, 0, enable_progress_bar=False, limit_val_batches=3)
+    assert plan.extra["search_epoch"]["probe_val_ppl"] != pytest.approx(untrained, rel=1e-6)  # the probe trained
+    assert all(not p.requires_grad for n, p in module.net.named_parameters() if ".choices." not in n)
 
 
 def test_probing_needs_a_fit_and_its_settings_are_checked():
