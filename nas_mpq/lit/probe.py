@@ -51,6 +51,41 @@ def probe_all(net: nn.Module, start: dict[str, torch.Tensor], candidates: list[d
                 for c in candidates]
 
 
+class PlanProbe:
+    """What the search's `plan_from: probe` keeps: the plan it started from, the weights it started
+    from (copied once, at its first fit's set-up: before a resume restores trained weights), the
+    trainer settings the probes run with, each competing epoch's validated plan
+    ({"epoch", "val_ppl", "plan"}, kept in checkpoints) and, once run, the probes (`results`: the
+    candidates with their `probe_val_ppl`)."""
+
+    def __init__(self, start_plan: PrecisionPlan, steps: int, top: int) -> None:
+        self.start_plan, self.steps, self.top = start_plan, steps, top
+        self.start_weights: dict[str, torch.Tensor] | None = None
+        self.settings: dict[str, Any] = {}
+        self.validated: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] | None = None
+
+    def record_start(self, net: nn.Module, trainer: pl.Trainer) -> None:
+        """At a fit's set-up: the starting weights (the first time only) and `trainer`'s settings."""
+        if self.start_weights is None:
+            self.start_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        self.settings, self.results = trainer_settings(trainer), None
+
+    def run(self, search: pl.LightningModule) -> list[dict[str, Any]]:
+        """Probe the start plan and the `top` best-validated distinct plans (once; kept in
+        `results`) with `search`'s network, weight optimiser, gradient clip and seed, on its fitted
+        trainer's datamodule."""
+        if self.results is None:
+            if self.start_weights is None:
+                raise RuntimeError("plan_from='probe' compares plans from the weights the search started from, "
+                                   "which a fit of this module records; run trainer.fit first")
+            self.results = probe_all(search.net, self.start_weights,
+                                     probe_candidates(self.start_plan, self.validated, self.top),
+                                     search.trainer.datamodule, search.weight_factory, self.steps,
+                                     search.hparams.grad_clip, search.seed, **self.settings)
+        return self.results
+
+
 def probe_candidates(start: PrecisionPlan, validated: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
     """The start plan (as {"epoch": None, "val_ppl": None, "plan": its dict}) followed by the
     `top` best-validated of `validated` ({"epoch", "val_ppl", "plan"}), each distinct plan once

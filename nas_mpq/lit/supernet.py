@@ -46,10 +46,8 @@ The derived plan is the argmax, repaired to the budget by a size-priced knapsack
 of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
 (`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
 would return at that point (the repaired argmax), so the plan returned is one that was validated;
-validations before the warm-up's end (choices not yet moved) do not compete. `probe` validates
-the same way, then trains the start plan and the `probe_top` [3] best-validated distinct plans for
-`probe_steps` [300] steps each from the starting weights and returns the best validated (probe.py):
-the epochs' figures favour plans trained longer, the probe compares plans at equal training.
+validations before the warm-up's end (choices not yet moved) do not compete. `probe` then picks
+among the start plan and the best-validated plans at equal training (probe.py).
 """
 from __future__ import annotations
 
@@ -66,7 +64,7 @@ from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
-from .probe import probe_all, probe_candidates, trainer_settings
+from .probe import PlanProbe
 from .search_settings import PLAN_FROM, WEIGHTS_AT, check_search_settings
 
 
@@ -128,12 +126,9 @@ class SupernetModule(TaskModule):
         self._weights_frozen = False
         self._progress = 0.0  # of the last training batch: which validations follow the warm-up
         self.best_plan: dict[str, Any] | None = None  # {"epoch", "val_ppl", "plan": the plan's dict}
-        self.validated_plans: list[dict[str, Any]] = []  # plan_from probe: each competing epoch's, as best_plan
-        self.probes: list[dict[str, Any]] | None = None  # plan_from probe: each candidate's probe, once run
-        self._start_weights: dict[str, torch.Tensor] | None = None
-        self._probe_settings: dict[str, Any] = {}
-        # the plan of the initial choices (theta is not in the weights a resume restores first)
-        self.start_plan = derive_plan(self.net, self.search_space, budget, min_fill) if plan_from == "probe" else None
+        # plan_from probe: the plan of the initial choices (before a resume restores theta), and the rest
+        self.plan_probe = (PlanProbe(derive_plan(self.net, self.search_space, budget, min_fill), probe_steps, probe_top)
+                           if plan_from == "probe" else None)
         self._validated_plan: PrecisionPlan | None = None
         self._current_plan: tuple[tuple[int, ...], PrecisionPlan] | None = None  # keyed by theta's versions
         if not train_weights:
@@ -158,12 +153,8 @@ class SupernetModule(TaskModule):
                 raise ValueError(f"plan_from='probe' trains its candidate plans on one device after the search; "
                                  f"run it on one device (world size {self.trainer.world_size} here)")
         super().setup(stage)
-        if stage == "fit" and self.hparams.plan_from == "probe":
-            # before a resume restores the trained weights (and after activation calibration): the
-            # probes start where the search did, even when fit is called again
-            if self._start_weights is None:
-                self._start_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
-            self._probe_settings, self.probes = trainer_settings(self.trainer), None
+        if stage == "fit" and self.plan_probe is not None:  # after activation calibration
+            self.plan_probe.record_start(self.net, self.trainer)
 
     def check_budget(self) -> None:
         """ValueError, before any training, if no plan of this supernet meets the budget, or if
@@ -337,8 +328,8 @@ class SupernetModule(TaskModule):
         if self._progress >= self.hparams.warmup_fraction:
             epoch, val_ppl = len(self.val_history) - 1, self.val_history[-1]
             self.keep_if_best(self._validated_plan, val_ppl, epoch)
-            if self.hparams.plan_from == "probe":
-                self.validated_plans.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
+            if self.plan_probe is not None:
+                self.plan_probe.validated.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
 
     def current_plan(self) -> PrecisionPlan:
         """The plan the search would return now: the argmax, repaired to the budget (the repair
@@ -365,25 +356,13 @@ class SupernetModule(TaskModule):
         self.best_plan = {"epoch": epoch, "val_ppl": val_ppl, "plan": plan.to_dict()}
         return True
 
-    def run_probes(self) -> list[dict[str, Any]]:
-        """Train and validate the start plan and the `probe_top` best-validated distinct plans
-        (probe.py) on the fitted trainer's datamodule, device and precision, each from the weights
-        the search started from; kept in `probes`, each with its `probe_val_ppl`."""
-        if self._start_weights is None:
-            raise RuntimeError("plan_from='probe' compares plans from the weights the search started from, "
-                               "which a fit of this module records; run trainer.fit first")
-        candidates = probe_candidates(self.start_plan, self.validated_plans, self.hparams.probe_top)
-        self.probes = probe_all(self.net, self._start_weights, candidates, self.trainer.datamodule, self.weight_factory,
-                                self.hparams.probe_steps, self.hparams.grad_clip, self.seed, **self._probe_settings)
-        return self.probes
-
     def derive_plan(self) -> PrecisionPlan:
         """The argmax plan (of the best validated epoch with `plan_from: best_val`; the best
         probed candidate with `probe`, probing first if not yet done), repaired to meet the
         budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which epoch's
         choices it is: its "epoch" None for the start plan)."""
-        if self.hparams.plan_from == "probe":
-            best = min(self.probes or self.run_probes(), key=lambda c: c["probe_val_ppl"])
+        if self.plan_probe is not None:
+            best = min(self.plan_probe.run(self), key=lambda c: c["probe_val_ppl"])
             plan = PrecisionPlan.from_dict(best["plan"])
             plan.extra["search_epoch"] = {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
             return plan
@@ -401,7 +380,8 @@ class SupernetModule(TaskModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["nas_mpq"]["sampler"] = self.sampler.state_dict()
         checkpoint["nas_mpq"]["best_plan"] = self.best_plan
-        checkpoint["nas_mpq"]["validated_plans"] = self.validated_plans
+        if self.plan_probe is not None:
+            checkpoint["nas_mpq"]["validated_plans"] = self.plan_probe.validated
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("nas_mpq")
@@ -410,7 +390,8 @@ class SupernetModule(TaskModule):
                              "by a supernet search")
         self.sampler.load_state_dict(state["sampler"])
         self.best_plan = state.get("best_plan")
-        self.validated_plans, self.probes = list(state.get("validated_plans", [])), None
+        if self.plan_probe is not None:
+            self.plan_probe.validated, self.plan_probe.results = list(state.get("validated_plans", [])), None
         self._current_plan = None
         checkpoint["state_dict"].setdefault("dual", torch.zeros(()))  # written before the multiplier existed
         self.clear_fitted_scales()

@@ -27,6 +27,7 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
         load_net_weights(module.net, cli.config.init_ckpt)
     cli.trainer.fit(module, datamodule=cli.datamodule, ckpt_path=cli.resume_path())
     plan = module.derive_plan()
+    probes = module.plan_probe.results if module.plan_probe is not None else None
     rank0_bits = cli.trainer.strategy.broadcast(plan.bits)
     if rank0_bits != plan.bits:  # identical choices on every rank are what data parallelism relies on
         differ = sorted(n for n in plan.bits if plan.bits[n] != rank0_bits.get(n))
@@ -45,8 +46,8 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
                "compression": r.compression, "avg_bits": r.avg_bits,
                "bits_used": sorted(set(plan.bits.values())), "repair": plan.extra.get("repair"),
                "search_epoch": plan.extra.get("search_epoch"),
-               **({"probes": [{k: c[k] for k in ("epoch", "val_ppl", "probe_val_ppl")} for c in module.probes]}
-                  if module.probes else {}),
+               **({"probes": [{k: c[k] for k in ("epoch", "val_ppl", "probe_val_ppl")} for c in probes]}
+                  if probes else {}),
                **({"activation_bits": plan.activation_bits} if plan.activations else {})}
     print(plan.summary_table())
     print(coverage_summary(plan.extra["coverage"]))
@@ -54,7 +55,7 @@ def run(argv: list[str], callbacks: list[Any] = ()) -> int:
     print(f"repair: {repair.get('groups_changed', 0)} groups changed, {repair.get('bits_moved', 0)} bits moved "
           f"(argmax plan avg {repair.get('argmax_avg_bits', r.avg_bits):.3f} bits -> {r.avg_bits:.3f}): "
           f"{repair.get('changed', {})}")
-    for c in module.probes or []:
+    for c in probes or []:
         print(f"probe: {'start plan' if c['epoch'] is None else 'epoch %d' % c['epoch']}: "
               f"val ppl {c['probe_val_ppl']:.2f} after {module.hparams.probe_steps} steps")
     cli.finish(metrics, plan)

@@ -37,20 +37,20 @@ def test_the_search_returns_the_best_probed_of_its_start_and_best_validated_plan
     start = {k: v.clone() for k, v in module.net.state_dict().items()}
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=3, **quiet())
     trainer.fit(module, datamodule=datamodule(corpus_dir))
-    assert [c["epoch"] for c in module.validated_plans] == [0, 1, 2]
-    assert [c["val_ppl"] for c in module.validated_plans] == module.val_history
+    assert [c["epoch"] for c in module.plan_probe.validated] == [0, 1, 2]
+    assert [c["val_ppl"] for c in module.plan_probe.validated] == module.val_history
     plan = module.derive_plan()
-    probes = module.probes
+    probes = module.plan_probe.results
     # the start plan and the two best-validated distinct plans, in that order
-    assert probes[0]["epoch"] is None and probes[0]["plan"] == module.start_plan.to_dict()
-    ranked = sorted(module.validated_plans, key=lambda c: c["val_ppl"])
-    bits = [type(module.start_plan).from_dict(c["plan"]).bits for c in [probes[0], *ranked]]
+    assert probes[0]["epoch"] is None and probes[0]["plan"] == module.plan_probe.start_plan.to_dict()
+    ranked = sorted(module.plan_probe.validated, key=lambda c: c["val_ppl"])
+    bits = [type(module.plan_probe.start_plan).from_dict(c["plan"]).bits for c in [probes[0], *ranked]]
     distinct = [c for i, c in enumerate(ranked) if bits[i + 1] not in bits[:i + 1]]
     assert [c["epoch"] for c in probes[1:]] == [c["epoch"] for c in distinct[:2]]
     best = min(probes, key=lambda c: c["probe_val_ppl"])
     assert plan.to_dict()["groups"] == best["plan"]["groups"] and plan.meets_budget()
     assert plan.extra["search_epoch"] == {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
-    assert module.derive_plan().bits == plan.bits and module.probes is probes  # probed once
+    assert module.derive_plan().bits == plan.bits and module.plan_probe.results is probes  # probed once
     assert trainer_settings(trainer) == {"accelerator": "cpu", "devices": 1, "precision": "32-true",
                                          "limit_val_batches": 3, "enable_progress_bar": False}
     # each probe started from the search's starting weights, not its trained ones: the same
@@ -77,14 +77,14 @@ def test_the_start_plan_competes_and_distinct_plans_are_probed_once():
         return derive_plan(module.net, module.search_space, module.budget).to_dict()
 
     two, one = plan_at(2), plan_at(1)
-    module.validated_plans = [{"epoch": 0, "val_ppl": 120.0, "plan": one}, {"epoch": 1, "val_ppl": 110.0, "plan": two},
+    module.plan_probe.validated = [{"epoch": 0, "val_ppl": 120.0, "plan": one}, {"epoch": 1, "val_ppl": 110.0, "plan": two},
                               {"epoch": 2, "val_ppl": 115.0, "plan": two}, {"epoch": 3, "val_ppl": 130.0, "plan": one}]
-    candidates = probe_candidates(module.start_plan, module.validated_plans, module.hparams.probe_top)
+    candidates = probe_candidates(module.plan_probe.start_plan, module.plan_probe.validated, module.hparams.probe_top)
     assert [c["epoch"] for c in candidates] == [None, 1, 0]  # epoch 2 and 3 repeat plans already in
-    module.probes = [{**c, "probe_val_ppl": v} for c, v in zip(candidates, (100.0, 101.0, 99.0))]
+    module.plan_probe.results = [{**c, "probe_val_ppl": v} for c, v in zip(candidates, (100.0, 101.0, 99.0))]
     assert module.derive_plan().extra["search_epoch"] == {"epoch": 0, "val_ppl": 120.0, "probe_val_ppl": 99.0}
-    module.probes[0]["probe_val_ppl"] = 98.0  # the start plan wins: the search returns it
-    assert module.derive_plan().bits == module.start_plan.bits
+    module.plan_probe.results[0]["probe_val_ppl"] = 98.0  # the start plan wins: the search returns it
+    assert module.derive_plan().bits == module.plan_probe.start_plan.bits
 
 
 def test_a_post_training_search_probes_its_plans_with_the_weights_trainable(corpus_dir):
@@ -96,7 +96,7 @@ def test_a_post_training_search_probes_its_plans_with_the_weights_trainable(corp
     pl.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=3, **quiet()).fit(
         module, datamodule=datamodule(corpus_dir))
     plan = module.derive_plan()
-    start = {k: v for k, v in module._start_weights.items() if ".choices." not in k}
+    start = {k: v for k, v in module.plan_probe.start_weights.items() if ".choices." not in k}
     untrained = probe_plan(net(), start, plan, module.trainer.datamodule,
                            module.weight_factory, 0, None, 0, enable_progress_bar=False, limit_val_batches=3)
     assert plan.extra["search_epoch"]["probe_val_ppl"] != pytest.approx(untrained, rel=1e-6)  # the probe trained
@@ -122,5 +122,5 @@ def test_a_resumed_search_probes_from_the_weights_it_started_from(corpus_dir, tm
     resumed = probing_search()
     pl.Trainer(max_epochs=2, limit_train_batches=6, limit_val_batches=3, **quiet()).fit(
         resumed, datamodule=datamodule(corpus_dir), ckpt_path=str(tmp_path / "last.ckpt"))
-    assert [c["epoch"] for c in resumed.validated_plans] == [0, 1]  # the first epoch's from the checkpoint
-    assert all(torch.equal(resumed._start_weights[k], v) for k, v in start.items())
+    assert [c["epoch"] for c in resumed.plan_probe.validated] == [0, 1]  # the first epoch's from the checkpoint
+    assert all(torch.equal(resumed.plan_probe.start_weights[k], v) for k, v in start.items())
