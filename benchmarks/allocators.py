@@ -21,6 +21,7 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/nas-hessian-probe-s<k>/  the same, with the plan picked at equal training: the start plan and
                            the best-validated plans each trained briefly from the FP32 weights
                            (<configs>/search_probe.yaml)
+  avg<B>/nas-hessian-short-s<k>/  the same search cut to 2 epochs (<configs>/search_short.yaml)
   avg<B>/uniform<b>/       the uniform b-bit plan (only where b bits is exactly B)
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
@@ -63,7 +64,8 @@ from nas_mpq.files import write_atomic
 from nas_mpq.stages.run import restart_flags
 
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued", "nas_kl_frozen",
-        "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe")
+        "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
+        "nas_hessian_short")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
 run in several processes side by side (`--arms`), sharing one --ledger."""
 
@@ -277,7 +279,8 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
         plan = bench.search(base / f"nas-s{seed}", budget, seed)
     elif arm == "nas_frozen":
         plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config="search_frozen")
-    elif arm in ("nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe"):
+    elif arm in ("nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
+        "nas_hessian_short"):
         bench.sensitivity(base / "sens-hessian", "hessian", budget)
         kind = arm.removeprefix("nas_hessian_")
         plan = bench.search(base / f"nas-hessian-{kind.replace('_', '-')}-s{seed}", budget, seed,
