@@ -7,6 +7,9 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   fp32/                    pretrain (<configs>/pretrain.yaml: the strong FP32 baseline)
   fp32-continued/          the FP32 model trained further as finalize trains a plan, no quantization
                            (<configs>/pretrain_continued.yaml)
+  fp32-averaged/           FP32 trained with an exponential moving average of its weights
+                           (<configs>/pretrain_averaged.yaml), a baseline only: every arm starts
+                           from fp32/
   avg<B>/sens-{kl,hessian}/  sensitivity allocation (knapsack on Omega) at B
   avg<B>/random-s<k>/      random plan at B, seed k
   avg<B>/nas-s<k>/         NAS search at B, seed k (<configs>/search.yaml)
@@ -63,7 +66,9 @@ from matplotlib.figure import Figure
 from nas_mpq.files import write_atomic
 from nas_mpq.stages.run import restart_flags
 
-ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", "fp32_continued", "nas_kl_frozen",
+BASELINES = ("fp32_continued", "fp32_averaged")
+"""FP32 arms beside the FP32 model every plan starts from: trained once, no plan, no seeds."""
+ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", *BASELINES, "nas_kl_frozen",
         "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
         "nas_hessian_short")
 """In the order they run: the most informative figures first, so a stopped run has them. Arms can
@@ -220,9 +225,12 @@ class Bench:
     def after_fp32(self, args: list[str], folder: Path) -> dict:
         return stage(args, folder, self, before_run=self.need_fp32_ckpt)
 
-    def fp32_continued(self) -> dict:
-        return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt", self.fp32_ckpt],
-                               self.root / "fp32-continued")
+    def baseline(self, arm: str) -> dict:
+        """One of BASELINES."""
+        if arm == "fp32_continued":
+            return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt",
+                                    self.fp32_ckpt], self.root / "fp32-continued")
+        return stage(["pretrain", "--config", self.cfg("pretrain_averaged")], self.root / "fp32-averaged", self)
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
         self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
@@ -318,7 +326,9 @@ def summarise(runs: list[dict]) -> dict:
             "runs": [{k: r.get(k) for k in ("test_ppl", "val_ppl", "avg_bits", "model")} for r in runs]}
 
 
-def plot(results: dict, fp32: dict, path: Path) -> None:
+def plot(results: dict, fp32: dict[str, float], path: Path) -> None:
+    """Test perplexity against average bits per arm (error bars: one standard deviation), and a
+    dashed line per FP32 model in `fp32` (label -> test perplexity)."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     arms = sorted({arm for b in results.values() for arm in b})
@@ -331,7 +341,8 @@ def plot(results: dict, fp32: dict, path: Path) -> None:
             # 20 colours and 9 markers: more arms than the default colour cycle stay distinct
             ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph"[i % 9], color=colormaps["tab20"](i % 20), capsize=3,
                         label=arm)
-    ax.axhline(fp32["test_ppl"], color="k", ls="--", lw=1, label="FP32")
+    for (label, ppl), ls in zip(fp32.items(), ("--", ":")):
+        ax.axhline(ppl, color="k", ls=ls, lw=1, label=label)
     ax.set_xlabel("average bits (searched weights)")
     ax.set_ylabel("test perplexity")
     ax.legend(fontsize=8)
@@ -366,27 +377,31 @@ def main() -> None:
     root = Path(args.run_dir)
     bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only)
     fp32 = bench.fp32()
-    arms = [a for a in args.arms if a != "fp32_continued"]
+    arms = [a for a in args.arms if a not in BASELINES]
     results: dict[str, dict[str, dict]] = {}
     for seed_pass in ([args.seeds[0]], args.seeds[1:]):  # every arm's first seed before any second
         for budget in args.budgets:
             for arm in arms:
                 run_arm(bench, arm, budget, seed_pass, args.candidates)
-    try:
-        continued = bench.fp32_continued() if "fp32_continued" in args.arms or args.report_only else {}
-    except NotRun:
-        continued = {}
+    baselines = {}
+    for arm in BASELINES:
+        try:
+            baselines[arm] = bench.baseline(arm) if arm in args.arms or args.report_only else {}
+        except NotRun:
+            baselines[arm] = {}
     for budget in args.budgets:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
+    fp32_val = min(r["val_ppl"] for r in (fp32, *baselines.values()) if r.get("val_ppl") is not None)
     out = {"configs": args.configs, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
-           "fp32_continued": {k: continued.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
-           "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
+           **{arm: {k: r.get(k) for k in ("test_ppl", "val_ppl", "epochs")} for arm, r in baselines.items()},
+           "fp32_best_val": all(fp32_val <= v for v in arms_val),  # an FP32 arm better than every finalized run
            "budgets": results, "seconds": bench.timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
-    plot(results, fp32, root / "allocators.png")
+    lines = {"FP32": fp32["test_ppl"], "FP32, weights averaged": baselines["fp32_averaged"].get("test_ppl")}
+    plot(results, {k: v for k, v in lines.items() if v is not None}, root / "allocators.png")
     print(json.dumps(out, indent=1))
 
 

@@ -24,7 +24,8 @@ def bench_env(tmp_path, monkeypatch):
     alloc = load_allocators()
     configs = tmp_path / "configs"
     configs.mkdir()
-    for name in ("pretrain", "pretrain_continued", "search", "search_frozen", "search_at_plan", "finalize"):
+    for name in ("pretrain", "pretrain_continued", "pretrain_averaged", "search", "search_frozen", "search_at_plan",
+                 "finalize"):
         (configs / f"{name}.yaml").write_text(f"# {name}\n")
     calls = []
     val = {"ppl": 100.0}
@@ -200,3 +201,16 @@ def test_an_arm_whose_config_is_missing_is_reported_as_not_run_or_refused(bench_
     assert alloc.run_arm(report, "nas_hessian_at_plan", 2.0, [0], [1, 2, 4, 8, 32]) == []
     with pytest.raises(SystemExit, match=r"search_at_plan.yaml does not exist; .*nas-hessian-at-plan-s0 needs it"):
         alloc.run_arm(bench, "nas_hessian_at_plan", 2.0, [0], [1, 2, 4, 8, 32])
+
+
+def test_the_fp32_baselines_continue_the_fp32_model_or_train_afresh(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    for arm in alloc.BASELINES:
+        bench.baseline(arm)
+    args = {name: json.loads((tmp / "runs" / name / "bench_run.json").read_text())["args"]
+            for name in ("fp32-continued", "fp32-averaged")}
+    assert args["fp32-continued"] == ["pretrain", "--config", str(configs / "pretrain_continued.yaml"),
+                                      "--init_ckpt", str(tmp / "runs" / "fp32" / "model.ckpt")]
+    assert args["fp32-averaged"] == ["pretrain", "--config", str(configs / "pretrain_averaged.yaml")]
