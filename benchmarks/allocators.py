@@ -29,9 +29,9 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
 
-Each run directory records the arguments and the config's digest it was made with
-(bench_run.json); a finished run made with other arguments or an edited config stops the benchmark
-instead of being reused. `--ledger FILE` keeps every finished run's small results (plans,
+Each run directory records the arguments and the digest of the config's settings it was made
+with (bench_run.json); a finished run made with other arguments or other settings stops the
+benchmark instead of being reused (an edited comment does not). `--ledger FILE` keeps every finished run's small results (plans,
 sensitivities, metrics) in FILE (benchmarks/results/*.json, committed), so the benchmark continues
 on another machine: kept runs are restored, not rerun, and the FP32 model is retrained (it must
 reproduce the kept figure) only when a stage that needs it is still to run. Arms may run in
@@ -60,6 +60,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
@@ -71,8 +72,15 @@ BASELINES = ("fp32_continued", "fp32_averaged")
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", *BASELINES, "nas_kl_frozen",
         "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
         "nas_hessian_short")
-"""In the order they run: the most informative figures first, so a stopped run has them. Arms can
-run in several processes side by side (`--arms`), sharing one --ledger."""
+"""In the order the plan arms run (the most informative figures first, so a stopped run has
+them); the BASELINES run after every plan arm. Arms can run in several processes side by side
+(`--arms`), sharing one --ledger."""
+ARM_CONFIG = {"fp32_continued": "pretrain_continued", "fp32_averaged": "pretrain_averaged",
+              "nas_frozen": "search_frozen", "nas_hessian_frozen": "search_frozen",
+              "nas_hessian_at_plan": "search_at_plan", "nas_hessian_probe": "search_probe",
+              "nas_hessian_short": "search_short"}
+"""The config an arm needs beside pretrain, search and finalize: without --arms, the arms whose
+config the --configs folder lacks are left out."""
 
 
 class NotRun(Exception):
@@ -84,10 +92,21 @@ KEPT = ("plan.json", "sensitivity.json", "metrics.json")
 
 
 def config_digest(args: list[str]) -> str:
-    """SHA-256 of the config file a stage's arguments name: a config edited since a run was made
-    makes that run stale even though its arguments are the same."""
-    config = Path(args[args.index("--config") + 1])
-    return hashlib.sha256(config.read_bytes()).hexdigest()
+    """SHA-256 of the settings of the config file a stage's arguments name (the YAML parsed, keys
+    sorted): a setting changed since a run was made makes that run stale even though its arguments
+    are the same; an edited comment or layout does not."""
+    settings = yaml.safe_load(_config(args).read_text())
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def file_digest(args: list[str]) -> str:
+    """SHA-256 of the config file's bytes: what runs were recorded with before config_digest; such
+    a run is accepted while the file is unchanged and then recorded with config_digest."""
+    return hashlib.sha256(_config(args).read_bytes()).hexdigest()
+
+
+def _config(args: list[str]) -> Path:
+    return Path(args[args.index("--config") + 1])
 
 
 class Ledger:
@@ -144,7 +163,7 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
     the stage really runs (it makes sure the FP32 checkpoint exists); `restore=False` ignores the
     ledger (a run retrained for its checkpoint)."""
     record = run_dir / "bench_run.json"
-    config = Path(args[args.index("--config") + 1])
+    config = _config(args)
     if not config.exists():  # no run can have been made with it
         if not bench.run:
             raise NotRun(str(run_dir))
@@ -159,8 +178,9 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
         done = json.loads(record.read_text()) if record.exists() else {"args": args, "seconds": None}
         done.setdefault("config_sha256", digest)  # runs recorded before digests were kept
         _check_same(run_dir, done, args, digest, str(run_dir))
+        done["config_sha256"] = digest  # a run recorded with the file's digest: now with the settings'
         record.write_text(json.dumps(done) + "\n")
-        if bench.ledger.entry(run_dir) is None:
+        if (bench.ledger.entry(run_dir) or {}).get("config_sha256") != digest:
             bench.ledger.record(run_dir, done)
         bench.timings[str(run_dir)] = done["seconds"]
         return json.loads((run_dir / "metrics.json").read_text())
@@ -182,7 +202,7 @@ def _check_same(run_dir: Path, done: dict, args: list[str], digest: str, where: 
     if done["args"] != args:
         raise SystemExit(f"error: {where} holds a run of {run_dir} made with other arguments ({done['args']}); "
                          f"move it away to rerun it with {args}")
-    if done["config_sha256"] != digest:
+    if done["config_sha256"] not in (digest, file_digest(args)):
         raise SystemExit(f"error: {where} holds a run of {run_dir} made with another version of "
                          f"{args[args.index('--config') + 1]}; move it away to rerun it")
 
@@ -226,11 +246,13 @@ class Bench:
         return stage(args, folder, self, before_run=self.need_fp32_ckpt)
 
     def baseline(self, arm: str) -> dict:
-        """One of BASELINES."""
+        """The metrics of one of BASELINES."""
         if arm == "fp32_continued":
             return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt",
                                     self.fp32_ckpt], self.root / "fp32-continued")
-        return stage(["pretrain", "--config", self.cfg("pretrain_averaged")], self.root / "fp32-averaged", self)
+        if arm == "fp32_averaged":
+            return stage(["pretrain", "--config", self.cfg("pretrain_averaged")], self.root / "fp32-averaged", self)
+        raise ValueError(f"unknown baseline {arm!r}; valid: {list(BASELINES)}")
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
         self.after_fp32(["sensitivity", "--config", self.cfg("search"), "--ckpt", self.fp32_ckpt, "--method", method,
@@ -287,12 +309,11 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
         plan = bench.search(base / f"nas-s{seed}", budget, seed)
     elif arm == "nas_frozen":
         plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config="search_frozen")
-    elif arm in ("nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
-        "nas_hessian_short"):
+    elif arm.startswith("nas_hessian_"):
         bench.sensitivity(base / "sens-hessian", "hessian", budget)
-        kind = arm.removeprefix("nas_hessian_")
-        plan = bench.search(base / f"nas-hessian-{kind.replace('_', '-')}-s{seed}", budget, seed,
-                            base / "sens-hessian" / "sensitivity.json", config=f"search_{kind}")
+        kind = arm.removeprefix("nas_hessian_").replace("_", "-")
+        plan = bench.search(base / f"nas-hessian-{kind}-s{seed}", budget, seed,
+                            base / "sens-hessian" / "sensitivity.json", config=ARM_CONFIG[arm])
     else:  # nas_kl, nas_kl_frozen
         bench.sensitivity(base / "sens-kl", "kl", budget)
         frozen = arm == "nas_kl_frozen"
@@ -328,7 +349,7 @@ def summarise(runs: list[dict]) -> dict:
 
 def plot(results: dict, fp32: dict[str, float], path: Path) -> None:
     """Test perplexity against average bits per arm (error bars: one standard deviation), and a
-    dashed line per FP32 model in `fp32` (label -> test perplexity)."""
+    horizontal line (dashed, dotted, dash-dotted) per FP32 model in `fp32` (label -> test perplexity)."""
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     arms = sorted({arm for b in results.values() for arm in b})
@@ -341,8 +362,8 @@ def plot(results: dict, fp32: dict[str, float], path: Path) -> None:
             # 20 colours and 9 markers: more arms than the default colour cycle stay distinct
             ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph"[i % 9], color=colormaps["tab20"](i % 20), capsize=3,
                         label=arm)
-    for (label, ppl), ls in zip(fp32.items(), ("--", ":")):
-        ax.axhline(ppl, color="k", ls=ls, lw=1, label=label)
+    for i, (label, ppl) in enumerate(fp32.items()):
+        ax.axhline(ppl, color="k", ls=("--", ":", "-.")[i % 3], lw=1, label=label)
     ax.set_xlabel("average bits (searched weights)")
     ax.set_ylabel("test perplexity")
     ax.legend(fontsize=8)
@@ -365,7 +386,8 @@ def main() -> None:
     ap.add_argument("--run_dir", default="runs/alloc/lstm")
     ap.add_argument("--budgets", type=float, nargs="+", default=[2.0, 1.5], help="avg_bits budgets")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--arms", nargs="+", choices=ARMS,
+                    help="default: every arm whose config (ARM_CONFIG) is in --configs")
     ap.add_argument("--candidates", type=int, nargs="+", default=[1, 2, 4, 8, 32],
                     help="the search space's candidates (for the uniform arm)")
     ap.add_argument("--ledger", type=Path, default=None,
@@ -376,31 +398,38 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.run_dir)
     bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only)
-    fp32 = bench.fp32()
-    arms = [a for a in args.arms if a not in BASELINES]
+    try:
+        fp32 = bench.fp32()
+    except NotRun:
+        raise SystemExit(f"error: no finished FP32 run in {root / 'fp32'} or the ledger: nothing to report") from None
+    wanted = args.arms or [a for a in ARMS if (bench.configs / f"{ARM_CONFIG.get(a, 'search')}.yaml").exists()]
+    arms = [a for a in wanted if a not in BASELINES]
     results: dict[str, dict[str, dict]] = {}
     for seed_pass in ([args.seeds[0]], args.seeds[1:]):  # every arm's first seed before any second
         for budget in args.budgets:
             for arm in arms:
                 run_arm(bench, arm, budget, seed_pass, args.candidates)
+    reader = Bench(bench.configs, root, args.ledger, run=False)  # finished baselines not asked for
     baselines = {}
     for arm in BASELINES:
         try:
-            baselines[arm] = bench.baseline(arm) if arm in args.arms or args.report_only else {}
+            baselines[arm] = (bench if arm in wanted else reader).baseline(arm)
         except NotRun:
             baselines[arm] = {}
     for budget in args.budgets:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
-    fp32_val = min(r["val_ppl"] for r in (fp32, *baselines.values()) if r.get("val_ppl") is not None)
+    averaged_val = baselines["fp32_averaged"].get("val_ppl")
     out = {"configs": args.configs, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            **{arm: {k: r.get(k) for k in ("test_ppl", "val_ppl", "epochs")} for arm, r in baselines.items()},
-           "fp32_best_val": all(fp32_val <= v for v in arms_val),  # an FP32 arm better than every finalized run
+           "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
+           "fp32_averaged_best_val": averaged_val is not None and all(averaged_val <= v for v in arms_val),
            "budgets": results, "seconds": bench.timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
-    lines = {"FP32": fp32["test_ppl"], "FP32, weights averaged": baselines["fp32_averaged"].get("test_ppl")}
+    lines = {"FP32": fp32["test_ppl"],
+             "FP32, weights averaged (weight decay 4e-5)": baselines["fp32_averaged"].get("test_ppl")}
     plot(results, {k: v for k, v in lines.items() if v is not None}, root / "allocators.png")
     print(json.dumps(out, indent=1))
 

@@ -71,7 +71,9 @@ def test_a_run_made_with_another_config_is_refused(bench_env):
     alloc, configs, calls, _, tmp = bench_env
     ledger = tmp / "ledger.json"
     alloc.Bench(configs, tmp / "runs", ledger).fp32()
-    (configs / "pretrain.yaml").write_text("# pretrain, edited\n")
+    (configs / "pretrain.yaml").write_text("# pretrain, a comment edited\n")
+    alloc.Bench(configs, tmp / "runs", ledger).fp32()  # the same settings: kept
+    (configs / "pretrain.yaml").write_text("# pretrain\nseed_everything: 1\n")
     with pytest.raises(SystemExit, match="another version of .*pretrain.yaml"):
         alloc.Bench(configs, tmp / "runs", ledger).fp32()  # the run directory's record
     with pytest.raises(SystemExit, match="another version of .*pretrain.yaml"):
@@ -214,3 +216,21 @@ def test_the_fp32_baselines_continue_the_fp32_model_or_train_afresh(bench_env):
     assert args["fp32-continued"] == ["pretrain", "--config", str(configs / "pretrain_continued.yaml"),
                                       "--init_ckpt", str(tmp / "runs" / "fp32" / "model.ckpt")]
     assert args["fp32-averaged"] == ["pretrain", "--config", str(configs / "pretrain_averaged.yaml")]
+
+
+def test_a_run_recorded_with_the_file_digest_is_kept_and_recorded_with_the_settings_digest(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    alloc.Bench(configs, tmp / "runs", ledger).fp32()
+    args = ["pretrain", "--config", str(configs / "pretrain.yaml")]
+    old = json.loads(ledger.read_text())  # as an earlier version recorded it: the file's bytes
+    old["fp32"]["config_sha256"] = alloc.file_digest(args)
+    ledger.write_text(json.dumps(old))
+    alloc.Bench(configs, tmp / "elsewhere", ledger).fp32()  # restored, not rerun
+    assert len(calls) == 1
+    assert json.loads(ledger.read_text())["fp32"]["config_sha256"] == alloc.config_digest(args)
+    record = json.loads((tmp / "elsewhere" / "fp32" / "bench_run.json").read_text())
+    assert record["config_sha256"] == alloc.config_digest(args) != alloc.file_digest(args)
+    (configs / "pretrain.yaml").write_text("# pretrain, a comment edited\n")
+    alloc.Bench(configs, tmp / "elsewhere", ledger).fp32()  # its settings are unchanged: kept
+    assert len(calls) == 1

@@ -22,14 +22,16 @@ def _ema_config(config, tmp_path, **trainer):
     return path, cfg
 
 
-def _test_ppl(cfg, state_dict):
-    """Test perplexity of the network with these weights, by a trainer with no callbacks."""
+def _ppl(cfg, state_dict, split="test"):
+    """Test (or validation) perplexity of the network with these weights, by a trainer with no
+    callbacks, on the batches the run evaluates."""
     net = LSTMLM(**{**cfg["pretrain"]["model"]["net"]["init_args"], "vocab_size": cfg["data"]["max_vocab"]})
     module = TrainModule(net)
     module.load_state_dict(state_dict)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_test_batches=2)
-    return trainer.test(module, datamodule=LMDataModule(**cfg["data"]), verbose=False)[0]["test/ppl"]
+                         enable_model_summary=False, limit_test_batches=2, limit_val_batches=2)
+    run = trainer.test if split == "test" else trainer.validate
+    return run(module, datamodule=LMDataModule(**cfg["data"]), verbose=False)[0][f"{split}/ppl"]
 
 
 def test_pretrain_reports_and_saves_the_averaged_weights(config, tmp_path):
@@ -40,8 +42,9 @@ def test_pretrain_reports_and_saves_the_averaged_weights(config, tmp_path):
     ckpt = torch.load(run / "model.ckpt", weights_only=True)
     average, raw = ckpt["state_dict"], ckpt["current_model_state"]
     assert any(not torch.equal(average[k], raw[k]) for k in average)
-    assert metrics["test_ppl"] == _test_ppl(cfg, average) != _test_ppl(cfg, raw)
-    # the validation the run reports is the one its best checkpoint was chosen by (of the average)
+    assert metrics["test_ppl"] == _ppl(cfg, average) != _ppl(cfg, raw)
+    assert metrics["val_ppl"] == _ppl(cfg, average, "val") != _ppl(cfg, raw, "val")
+    # ... and the validation the best checkpoint was chosen by during fit was of the average too
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
     scores = [v["best_model_score"] for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert metrics["val_ppl"] == scores[0].item()
@@ -54,7 +57,7 @@ def test_a_resumed_pretrain_ends_with_the_same_average(config, tmp_path):
     assert main(["pretrain", "--config", str(path), "--run_dir", str(first), "--trainer.max_epochs", "1"]) == 0
     epoch0 = first / "checkpoints" / "last.ckpt"
     assert main(["pretrain", "--config", str(path), "--run_dir", str(resumed), "--resume", str(epoch0)]) == 0
-    a = torch.load(straight / "model.ckpt", weights_only=True)
-    b = torch.load(resumed / "model.ckpt", weights_only=True)
-    for key in ("state_dict", "current_model_state"):
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("state_dict", "current_model_state", "averaging_state"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
