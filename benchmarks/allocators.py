@@ -31,10 +31,11 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
 
 Each run directory records the arguments and the digest of the config's settings it was made
 with (bench_run.json); a finished run made with other arguments or other settings stops the
-benchmark instead of being reused (an edited comment does not). `--ledger FILE` keeps every finished run's small results (plans,
-sensitivities, metrics) in FILE (benchmarks/results/*.json, committed), so the benchmark continues
-on another machine: kept runs are restored, not rerun, and the FP32 model is retrained (it must
-reproduce the kept figure) only when a stage that needs it is still to run. Arms may run in
+benchmark instead of being reused (an edited comment does not). `--ledger FILE` keeps every
+finished run's small results (plans, sensitivities, metrics) in FILE (benchmarks/results/*.json,
+committed), so the benchmark continues on another machine: kept runs are restored, not rerun,
+and the FP32 model is retrained (it must reproduce the kept figure) only when a stage that needs
+it is still to run. Arms may run in
 separate processes side by side (`--arms ...`) on one ledger. Prints JSON (every run and the
 per-arm mean / std of test and validation perplexity), writes <run_dir>/allocators.json and
 <run_dir>/allocators.png (test perplexity against average bits, error bars = one standard
