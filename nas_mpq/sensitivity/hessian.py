@@ -12,11 +12,13 @@ Example:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..admm import group_weight
 from ..plan import GroupPlan
@@ -35,6 +37,14 @@ def _rademacher(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype)
 
 
+@contextmanager
+def double_backward_kernels() -> Iterator[None]:
+    """Kernels that can be differentiated twice: the math attention (the fused attention kernels
+    have no double backward, on the CPU as on CUDA) and no cuDNN (its RNN backward has none)."""
+    with sdpa_kernel(SDPBackend.MATH), torch.backends.cudnn.flags(enabled=False):
+        yield
+
+
 def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[object],
                       groups: Mapping[str, GroupPlan], max_samples: int = 100, min_samples: int = 10,
                       tol: float = 1e-3, seed: int = 0) -> TraceEstimate:
@@ -47,12 +57,14 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[objec
     totals = {n: 0.0 for n in groups}
     used: list[int] = []
     for batch in batches:
-        loss = loss_fn(model, batch)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
+        with double_backward_kernels():
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
         means = {n: 0.0 for n in groups}
         for k in range(1, max_samples + 1):
             v = [_rademacher(p, generator) for p in params]
-            hv = torch.autograd.grad(grads, params, v, retain_graph=True)
+            with double_backward_kernels():
+                hv = torch.autograd.grad(grads, params, v, retain_graph=True)
             moved = size = 0.0
             for n, g in groups.items():
                 i = index[id(model.get_parameter(g.param))]

@@ -68,3 +68,17 @@ def test_hawq_omega_orders_bits():
     for name, per in omega.items():
         assert per[32] == 0.0
         assert per[1] >= per[4] >= per[8] >= 0.0, name
+
+
+def test_hutchinson_runs_through_fused_attention():
+    """The Transformer's scaled-dot-product attention picks a fused kernel without a double
+    backward; the traces are taken with the math kernel instead."""
+    from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
+    torch.manual_seed(0)
+    net = TransformerLM(12, d_model=8, num_heads=2, num_layers=1, max_len=8, dropout=0.0).eval()
+    groups = uniform_plan(net, transformer_lm_space(), 2).groups
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, 12, (3, 6), generator=g), torch.randint(0, 12, (3, 6), generator=g))
+    est = hutchinson_traces(net, task_loss, [batch], groups, max_samples=20)
+    assert set(est.traces) == set(groups) and all(t == t for t in est.traces.values())
+    assert any(abs(t) > 0 for t in est.traces.values())
