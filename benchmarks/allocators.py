@@ -249,10 +249,10 @@ class Bench:
     def baseline(self, arm: str) -> dict:
         """The metrics of one of BASELINES."""
         if arm == "fp32_continued":
-            return self.after_fp32(["pretrain", "--config", self.cfg("pretrain_continued"), "--init_ckpt",
+            return self.after_fp32(["pretrain", "--config", self.cfg(ARM_CONFIG[arm]), "--init_ckpt",
                                     self.fp32_ckpt], self.root / "fp32-continued")
         if arm == "fp32_averaged":
-            return stage(["pretrain", "--config", self.cfg("pretrain_averaged")], self.root / "fp32-averaged", self)
+            return stage(["pretrain", "--config", self.cfg(ARM_CONFIG[arm])], self.root / "fp32-averaged", self)
         raise ValueError(f"unknown baseline {arm!r}; valid: {list(BASELINES)}")
 
     def sensitivity(self, folder: Path, method: str, budget: float, seed: int = 0) -> Path:
@@ -309,7 +309,7 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
     elif arm == "nas":
         plan = bench.search(base / f"nas-s{seed}", budget, seed)
     elif arm == "nas_frozen":
-        plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config="search_frozen")
+        plan = bench.search(base / f"nas-frozen-s{seed}", budget, seed, config=ARM_CONFIG[arm])
     elif arm.startswith("nas_hessian_"):
         bench.sensitivity(base / "sens-hessian", "hessian", budget)
         kind = arm.removeprefix("nas_hessian_").replace("_", "-")

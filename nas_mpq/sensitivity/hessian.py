@@ -45,6 +45,7 @@ def double_backward_kernels() -> Iterator[None]:
         yield
 
 
+@double_backward_kernels()
 def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[object],
                       groups: Mapping[str, GroupPlan], max_samples: int = 100, min_samples: int = 10,
                       tol: float = 1e-3, seed: int = 0) -> TraceEstimate:
@@ -57,14 +58,12 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[objec
     totals = {n: 0.0 for n in groups}
     used: list[int] = []
     for batch in batches:
-        with double_backward_kernels():
-            loss = loss_fn(model, batch)
-            grads = torch.autograd.grad(loss, params, create_graph=True)
+        loss = loss_fn(model, batch)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
         means = {n: 0.0 for n in groups}
         for k in range(1, max_samples + 1):
             v = [_rademacher(p, generator) for p in params]
-            with double_backward_kernels():
-                hv = torch.autograd.grad(grads, params, v, retain_graph=True)
+            hv = torch.autograd.grad(grads, params, v, retain_graph=True)
             moved = size = 0.0
             for n, g in groups.items():
                 i = index[id(model.get_parameter(g.param))]
