@@ -4,12 +4,14 @@ improving, for every plan at the same budget; several seeds; mean and standard d
 Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own directory under
 --run_dir; a stage whose result exists is reused, so an interrupted run continues where it stopped):
 
-  fp32/                    pretrain (<configs>/pretrain.yaml: the strong FP32 baseline)
+  fp32/                    pretrain (<configs>/<--pretrain>.yaml, default pretrain.yaml): the
+                           FP32 model every arm starts from
   fp32-continued/          the FP32 model trained further as finalize trains a plan, no quantization
                            (<configs>/pretrain_continued.yaml)
   fp32-averaged/           FP32 trained with an exponential moving average of its weights
-                           (<configs>/pretrain_averaged.yaml), a baseline only: every arm starts
-                           from fp32/
+                           (<configs>/pretrain_averaged.yaml); a baseline only, unless
+                           `--pretrain pretrain_averaged` makes it the start of every arm (then
+                           it is fp32/ and not trained twice)
   avg<B>/sens-{kl,hessian}/  sensitivity allocation (knapsack on Omega) at B
   avg<B>/random-s<k>/      random plan at B, seed k
   avg<B>/nas-s<k>/         NAS search at B, seed k (<configs>/search.yaml)
@@ -45,6 +47,8 @@ deviation over seeds).
         --ledger benchmarks/results/allocators-lstm.json
     python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer \
         --ledger benchmarks/results/allocators-transformer.json
+    python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm-v3 \
+        --ledger benchmarks/results/allocators-lstm-v3.json --pretrain pretrain_averaged   # from the averaged FP32
     python benchmarks/allocators.py ... --budgets 2.0 --seeds 0 --arms uniform nas   # a first look
     python benchmarks/allocators.py ... --report_only                                # the table so far
 """
@@ -214,8 +218,9 @@ def uniform_bits(budget: float, candidates: list[int]) -> int | None:
 
 
 class Bench:
-    def __init__(self, configs: Path, root: Path, ledger: Path | None = None, run: bool = True) -> None:
-        self.configs, self.root, self.run = configs, root, run
+    def __init__(self, configs: Path, root: Path, ledger: Path | None = None, run: bool = True,
+                 pretrain: str = "pretrain") -> None:
+        self.configs, self.root, self.run, self.pretrain = configs, root, run, pretrain
         self.timings: dict[str, float | None] = {}
         self.ledger = Ledger(ledger, root)
         self.fp32_ckpt = str(root / "fp32" / "model.ckpt")
@@ -224,7 +229,7 @@ class Bench:
         return str(self.configs / f"{name}.yaml")
 
     def fp32(self, restore: bool = True) -> dict:
-        return stage(["pretrain", "--config", self.cfg("pretrain")], self.root / "fp32", self,
+        return stage(["pretrain", "--config", self.cfg(self.pretrain)], self.root / "fp32", self,
                      restore=restore)
 
     def need_fp32_ckpt(self) -> None:
@@ -245,6 +250,10 @@ class Bench:
 
     def after_fp32(self, args: list[str], folder: Path) -> dict:
         return stage(args, folder, self, before_run=self.need_fp32_ckpt)
+
+    def baselines(self) -> tuple[str, ...]:
+        """BASELINES less the one that is the FP32 model every arm starts from."""
+        return tuple(arm for arm in BASELINES if ARM_CONFIG[arm] != self.pretrain)
 
     def baseline(self, arm: str) -> dict:
         """The metrics of one of BASELINES."""
@@ -396,9 +405,14 @@ def main() -> None:
                          "not rerun, and every run finished is added to it")
     ap.add_argument("--report_only", action="store_true",
                     help="run nothing: summarise the finished runs (a table of an unfinished benchmark)")
+    ap.add_argument("--pretrain", default="pretrain",
+                    help="the config (in --configs, without .yaml) of the FP32 model every arm starts from")
     args = ap.parse_args()
     root = Path(args.run_dir)
-    bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only)
+    if not (Path(args.configs) / f"{args.pretrain}.yaml").exists():
+        ap.error(f"--pretrain {args.pretrain!r}: no {args.configs}/{args.pretrain}.yaml; valid: "
+                 f"{sorted(p.stem for p in Path(args.configs).glob('pretrain*.yaml'))}")
+    bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only, pretrain=args.pretrain)
     try:
         fp32 = bench.fp32()
     except NotRun:
@@ -410,9 +424,9 @@ def main() -> None:
         for budget in args.budgets:
             for arm in arms:
                 run_arm(bench, arm, budget, seed_pass, args.candidates)
-    reader = Bench(bench.configs, root, args.ledger, run=False)  # finished baselines not asked for
+    reader = Bench(bench.configs, root, args.ledger, run=False, pretrain=args.pretrain)  # baselines not asked for
     baselines = {}
-    for arm in BASELINES:
+    for arm in bench.baselines():
         try:
             baselines[arm] = (bench if arm in wanted else reader).baseline(arm)
         except NotRun:
@@ -421,16 +435,17 @@ def main() -> None:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
-    averaged_val = baselines["fp32_averaged"].get("val_ppl")
-    out = {"configs": args.configs, "seeds": args.seeds,
+    averaged_val = (baselines.get("fp32_averaged") or fp32).get("val_ppl")
+    out = {"configs": args.configs, "pretrain": args.pretrain, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            **{arm: {k: r.get(k) for k in ("test_ppl", "val_ppl", "epochs")} for arm, r in baselines.items()},
            "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
            "fp32_averaged_best_val": averaged_val is not None and all(averaged_val <= v for v in arms_val),
            "budgets": results, "seconds": bench.timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
-    lines = {"FP32": fp32["test_ppl"],
-             "FP32, weights averaged (weight decay 4e-5)": baselines["fp32_averaged"].get("test_ppl")}
+    averaged = "FP32, weights averaged"
+    lines = ({averaged: fp32["test_ppl"]} if "fp32_averaged" not in baselines else
+             {"FP32": fp32["test_ppl"], averaged: baselines["fp32_averaged"].get("test_ppl")})
     plot(results, {k: v for k, v in lines.items() if v is not None}, root / "allocators.png")
     print(json.dumps(out, indent=1))
 

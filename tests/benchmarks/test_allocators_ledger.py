@@ -218,6 +218,20 @@ def test_the_fp32_baselines_continue_the_fp32_model_or_train_afresh(bench_env):
     assert args["fp32-averaged"] == ["pretrain", "--config", str(configs / "pretrain_averaged.yaml")]
 
 
+def test_arms_can_start_from_the_averaged_fp32_which_is_then_not_a_second_baseline(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json", pretrain="pretrain_averaged")
+    bench.fp32()
+    plan = bench.sensitivity(tmp / "runs" / "avg2" / "sens-kl", "kl", 2.0)
+    bench.finalize(tmp / "runs" / "avg2" / "fin-kl-s0", plan, 0)
+    fp32_args = json.loads((tmp / "runs" / "fp32" / "bench_run.json").read_text())["args"]
+    assert fp32_args == ["pretrain", "--config", str(configs / "pretrain_averaged.yaml")]
+    fin_args = json.loads((tmp / "runs" / "avg2" / "fin-kl-s0" / "bench_run.json").read_text())["args"]
+    assert fin_args[fin_args.index("--init_ckpt") + 1] == str(tmp / "runs" / "fp32" / "model.ckpt")
+    assert bench.baselines() == ("fp32_continued",)
+    assert alloc.Bench(configs, tmp / "runs").baselines() == alloc.BASELINES
+
+
 def test_a_run_recorded_with_the_file_digest_is_kept_and_recorded_with_the_settings_digest(bench_env):
     alloc, configs, calls, _, tmp = bench_env
     ledger = tmp / "ledger.json"
