@@ -409,9 +409,9 @@ def main() -> None:
                     help="the config (in --configs, without .yaml) of the FP32 model every arm starts from")
     args = ap.parse_args()
     root = Path(args.run_dir)
-    if not (Path(args.configs) / f"{args.pretrain}.yaml").exists():
-        ap.error(f"--pretrain {args.pretrain!r}: no {args.configs}/{args.pretrain}.yaml; valid: "
-                 f"{sorted(p.stem for p in Path(args.configs).glob('pretrain*.yaml'))}")
+    starts = sorted(p.stem for p in Path(args.configs).glob("pretrain*.yaml") if p.stem != ARM_CONFIG["fp32_continued"])
+    if args.pretrain not in starts:  # pretrain_continued continues a model: no start
+        ap.error(f"--pretrain {args.pretrain!r}: not an FP32 config in {args.configs}; valid: {starts}")
     bench = Bench(Path(args.configs), root, args.ledger, run=not args.report_only, pretrain=args.pretrain)
     try:
         fp32 = bench.fp32()
@@ -435,7 +435,7 @@ def main() -> None:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
-    averaged_val = (baselines.get("fp32_averaged") or fp32).get("val_ppl")
+    averaged_val = (baselines["fp32_averaged"] if "fp32_averaged" in baselines else fp32).get("val_ppl")
     out = {"configs": args.configs, "pretrain": args.pretrain, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            **{arm: {k: r.get(k) for k in ("test_ppl", "val_ppl", "epochs")} for arm, r in baselines.items()},

@@ -4,6 +4,7 @@ that needs it has to run, and must reproduce the kept figure."""
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,38 @@ def test_arms_can_start_from_the_averaged_fp32_which_is_then_not_a_second_baseli
     assert fin_args[fin_args.index("--init_ckpt") + 1] == str(tmp / "runs" / "fp32" / "model.ckpt")
     assert bench.baselines() == ("fp32_continued",)
     assert alloc.Bench(configs, tmp / "runs").baselines() == alloc.BASELINES
+
+
+def run_main(alloc, monkeypatch, configs, root, *argv):
+    monkeypatch.setattr(sys, "argv", ["allocators", "--configs", str(configs), "--run_dir", str(root),
+                                      "--budgets", "2.0", "--seeds", "0", "--arms", "kl", *argv])
+    alloc.main()
+    return json.loads((root / "allocators.json").read_text())
+
+
+def test_the_benchmark_from_the_averaged_fp32_trains_it_once_and_reports_it_as_the_fp32(bench_env, monkeypatch):
+    alloc, configs, calls, _, tmp = bench_env
+    out = run_main(alloc, monkeypatch, configs, tmp / "runs", "--pretrain", "pretrain_averaged")
+    assert [(c[0], c[1]) for c in calls] == [("pretrain", "fp32"), ("sensitivity", "sens-kl"), ("finalize", "fin-kl-s0")]
+    assert not (tmp / "runs" / "fp32-averaged").exists()
+    assert out["pretrain"] == "pretrain_averaged" and "fp32_averaged" not in out
+    assert out["fp32_averaged_best_val"] is out["fp32_best_val"] is True  # val 100 against the arm's 100
+
+
+def test_without_an_averaged_run_the_benchmark_does_not_claim_its_validation(bench_env, monkeypatch):
+    alloc, configs, calls, _, tmp = bench_env
+    out = run_main(alloc, monkeypatch, configs, tmp / "runs")
+    assert out["fp32_averaged"] == {"test_ppl": None, "val_ppl": None, "epochs": None}
+    assert out["fp32_best_val"] is True and out["fp32_averaged_best_val"] is False
+
+
+def test_a_config_that_is_no_fp32_start_is_refused(bench_env, monkeypatch, capsys):
+    alloc, configs, calls, _, tmp = bench_env
+    for bad in ("pretrain_continued", "pretrain_nope"):
+        with pytest.raises(SystemExit):
+            run_main(alloc, monkeypatch, configs, tmp / "runs", "--pretrain", bad)
+        assert "valid: ['pretrain', 'pretrain_averaged']" in capsys.readouterr().err
+    assert calls == []
 
 
 def test_a_run_recorded_with_the_file_digest_is_kept_and_recorded_with_the_settings_digest(bench_env):

@@ -42,10 +42,13 @@ def test_the_search_starts_from_the_timed_sensitivity_and_every_stage_after_pret
     out = json.loads(capsys.readouterr().out)
     assert [a[0] for a in calls] == ["pretrain", "sensitivity", "search", "finalize"]
     assert calls[0][2].endswith("pretrain_averaged.yaml") and calls[2][2].endswith("search_short.yaml")
+    assert calls[1] == ["sensitivity", "--config", str(ROOT / "configs/shakespeare_lstm/search.yaml"),
+                        "--ckpt", str(tmp_path / "w" / "fp32" / "model.ckpt"), "--method", "hessian",
+                        "--num_batches", "2", "--run_dir", str(tmp_path / "w" / "sensitivity")]
     search = calls[2]
     assert search[search.index("--model.init_sensitivity") + 1] == str(tmp_path / "w" / "sensitivity" / "sensitivity.json")
     assert out["seconds"] == SECONDS
-    assert out["search_plus_finalize_over_pretrain"] == 0.6
+    assert out["after_pretrain_over_pretrain"] == 0.6
 
 
 def test_without_init_the_search_starts_from_its_prior(wall, tmp_path, monkeypatch, capsys):
@@ -54,7 +57,7 @@ def test_without_init_the_search_starts_from_its_prior(wall, tmp_path, monkeypat
     out = json.loads(capsys.readouterr().out)
     assert [a[0] for a in calls] == ["pretrain", "search", "finalize"]
     assert "--model.init_sensitivity" not in calls[1]
-    assert out["search_plus_finalize_over_pretrain"] == 0.5
+    assert out["after_pretrain_over_pretrain"] == 0.5
 
 
 def test_an_unknown_config_or_a_used_run_dir_is_refused_before_anything_runs(wall, tmp_path, monkeypatch, capsys):
