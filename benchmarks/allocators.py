@@ -435,17 +435,17 @@ def main() -> None:
         results[f"avg{budget:g}"] = {arm: summarise(runs) for arm in arms
                                      if (runs := run_arm(bench, arm, budget, args.seeds, args.candidates))}
     arms_val = [r["val_ppl"] for b in results.values() for s in b.values() for r in s["runs"] if r["val_ppl"]]
-    averaged_val = (baselines["fp32_averaged"] if "fp32_averaged" in baselines else fp32).get("val_ppl")
+    averaged = baselines.get("fp32_averaged", fp32)  # the start itself with --pretrain pretrain_averaged
     out = {"configs": args.configs, "pretrain": args.pretrain, "seeds": args.seeds,
            "fp32": {k: fp32.get(k) for k in ("test_ppl", "val_ppl", "epochs")},
            **{arm: {k: r.get(k) for k in ("test_ppl", "val_ppl", "epochs")} for arm, r in baselines.items()},
            "fp32_best_val": all(fp32["val_ppl"] <= v for v in arms_val),  # better than every finalized run
-           "fp32_averaged_best_val": averaged_val is not None and all(averaged_val <= v for v in arms_val),
+           "fp32_averaged_best_val": averaged.get("val_ppl") is not None
+                                     and all(averaged["val_ppl"] <= v for v in arms_val),
            "budgets": results, "seconds": bench.timings}
     (root / "allocators.json").write_text(json.dumps(out, indent=1) + "\n")
-    averaged = "FP32, weights averaged"
-    lines = ({averaged: fp32["test_ppl"]} if "fp32_averaged" not in baselines else
-             {"FP32": fp32["test_ppl"], averaged: baselines["fp32_averaged"].get("test_ppl")})
+    lines = {"FP32": fp32["test_ppl"]} if averaged is not fp32 else {}
+    lines["FP32, weights averaged"] = averaged.get("test_ppl")
     plot(results, {k: v for k, v in lines.items() if v is not None}, root / "allocators.png")
     print(json.dumps(out, indent=1))
 

@@ -69,4 +69,14 @@ def test_an_unknown_config_or_a_used_run_dir_is_refused_before_anything_runs(wal
     (tmp_path / "used" / "fp32").mkdir()
     with pytest.raises(SystemExit, match="not empty"):
         run(module, monkeypatch, "--run_dir", str(tmp_path / "used"))
+    configs = tmp_path / "configs"  # --init needs search.yaml for its sensitivity stage
+    configs.mkdir()
+    for name in ("pretrain", "search_short", "finalize"):
+        (configs / f"{name}.yaml").write_text("{}\n")
+    run(module, monkeypatch, "--configs", str(configs), "--search", "search_short", "--run_dir", str(tmp_path / "a"))
+    calls.clear()
+    with pytest.raises(SystemExit):
+        run(module, monkeypatch, "--configs", str(configs), "--search", "search_short", "--init", "kl",
+            "--run_dir", str(tmp_path / "b"))
+    assert "search.yaml" in capsys.readouterr().err
     assert calls == []
