@@ -25,13 +25,17 @@ training batch over windows of 4 consecutive batches (each window holds the same
 steps: 4, 2 or 1), median over the windows, against FP32's over the same windows. Peak memory is
 the peak resident set size during a step (sampled every 0.2 ms from /proc/self/statm) above the
 resident size before the model was built, with free heap memory handed back to the OS
-(malloc_trim) before each configuration. Then, unless --search_epochs is 0, the whole search's
+(malloc_trim) before each configuration; with --device cuda every step runs on the GPU, each
+timed step ends with a device synchronisation and peak memory is the CUDA allocator's peak.
+`operators_per_step`: the PyTorch operators one more step of each configuration dispatches
+(profiled after the timing; device-independent): a GPU step of a model this small costs about
+a fixed time per operator. Then, unless --search_epochs is 0, the whole search's
 wall time against FP32 training on the quick LSTM config (search_wall.py).
 Prints JSON; goals: supernet/fp32 step ratio <= 1.10 (LSTM, Transformer) and <= 1.20 (digits CNN),
 whole search iteration / FP32 step <= 1.4 at the default arch_every, memory ratio <= 1.2.
 
     python benchmarks/overhead.py [--space lstm_lm|transformer_lm|cnn] [--steps 15]
-                                  [--search_epochs 1] [--search_batches N]
+                                  [--search_epochs 1] [--search_batches N] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -80,21 +84,22 @@ class Setup:
     make_net: Callable[[], nn.Module]
     space: SearchSpace
     data: LightningDataModule
+    device: torch.device
 
 
-def setup(name: str) -> Setup:
+def setup(name: str, device: torch.device) -> Setup:
     if name == "cnn":
         return Setup("cnn ResNet width 16 (3 stages), digits 8x8, batch 64", lambda: ResNetCNN(10, width=16),
-                     cnn_space(CANDIDATES), DigitsDataModule(batch_size=64))
+                     cnn_space(CANDIDATES), DigitsDataModule(batch_size=64), device)
     bptt = 64 if name == "transformer_lm" else 35
     dm = LMDataModule("tinyshakespeare", max_vocab=10000, batch_size=32, bptt=bptt)
     vocab = dm.vocab_size
     if name == "transformer_lm":
         return Setup(f"transformer_lm 2 layers d128 4 heads, per-head groups, vocab {vocab}, batch 32x64",
                      lambda: TransformerLM(vocab, 128, 4, 2, max_len=64, dropout=0.2),
-                     transformer_lm_space(CANDIDATES, grouping="head", blocks=4), dm)
+                     transformer_lm_space(CANDIDATES, grouping="head", blocks=4), dm, device)
     return Setup(f"lstm_lm 2x256, vocab {vocab}, batch 32x35", lambda: LSTMLM(vocab, 256, 256, 2, dropout=0.5),
-                 lstm_lm_space(CANDIDATES), dm)
+                 lstm_lm_space(CANDIDATES), dm, device)
 
 
 def loss_of(net: nn.Module, batch: tuple) -> torch.Tensor:
@@ -104,7 +109,7 @@ def loss_of(net: nn.Module, batch: tuple) -> torch.Tensor:
 
 def make_net(s: Setup) -> nn.Module:
     torch.manual_seed(0)
-    return s.make_net().train()
+    return s.make_net().to(s.device).train()
 
 
 def train_step(net: nn.Module, opt: torch.optim.Optimizer) -> Step:
@@ -123,7 +128,7 @@ def fp32_step(s: Setup) -> Step:
 
 
 def supernet(s: Setup) -> tuple[nn.Module, list, list]:
-    net = prepare_search_(make_net(s), s.space, sampler=GumbelSampler(tau=1.0))
+    net = prepare_search_(make_net(s), s.space, sampler=GumbelSampler(tau=1.0)).to(s.device)
     theta = [g.choice.theta for g in search_groups(net)]
     weights = [p for p in net.parameters() if all(p is not t for t in theta)]
     return net, weights, theta
@@ -141,7 +146,7 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
     net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
     budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
-    mu = torch.zeros(())
+    mu = torch.zeros((), device=s.device)
     batches = itertools.count()
 
     def update(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, clip: float) -> None:
@@ -169,7 +174,7 @@ def post_training_step(s: Setup, search_batch: tuple) -> Step:
         p.requires_grad_(False)
     a_opt = torch.optim.Adam(theta, lr=3e-2)
     budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
-    mu = torch.zeros(())
+    mu = torch.zeros((), device=s.device)
 
     def step(batch: tuple) -> None:
         a_opt.zero_grad()
@@ -182,10 +187,10 @@ def post_training_step(s: Setup, search_batch: tuple) -> Step:
 
 def kpath_step(s: Setup) -> Step:
     """K full forward passes with every group at candidate k, logits mixed by one sample y."""
-    net = prepare_search_(make_net(s), s.space)
+    net = prepare_search_(make_net(s), s.space).to(s.device)
     groups = search_groups(net)
     sampler = get_sampler(net)
-    theta = torch.zeros(len(CANDIDATES), requires_grad=True)
+    theta = torch.zeros(len(CANDIDATES), device=s.device, requires_grad=True)
     float_net = make_net(s)
     params = dict(float_net.named_parameters())
     opt = torch.optim.Adam([*float_net.parameters(), theta], lr=1e-3)
@@ -250,18 +255,51 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def peak_memory(build: Callable[[], Step], batches: list[tuple]) -> int:
+def peak_memory(build: Callable[[], Step], batches: list[tuple], device: torch.device) -> int:
+    """Peak memory of two steps above the memory before the model was built: the resident set
+    size on the CPU, the CUDA caching allocator's peak of allocated bytes on a GPU."""
     release_free_memory()
-    base = rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = rss_bytes()
     step = build()
     step(batches[0])  # optimizer state exists from the first step on
     peak = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     for batch in batches[1:3]:
-        with PeakRSS() as p:
+        if device.type == "cuda":
             step(batch)
-        peak = max(peak, p.peak)
+            torch.cuda.synchronize(device)
+            peak = max(peak, torch.cuda.max_memory_allocated(device))
+        else:
+            with PeakRSS() as p:
+                step(batch)
+            peak = max(peak, p.peak)
     del step
     return peak - base
+
+
+def to_device(batch: tuple, device: torch.device) -> tuple:
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a step's time is its whole work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def operators_per_step(step: Step, batch: tuple) -> int:
+    """PyTorch operators one step dispatches (torch.profiler's aten:: calls, views included): on
+    a GPU each costs the host a dispatch and most launch a kernel, so for a small model the step
+    time follows this count rather than the arithmetic. The same count on every device."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(batch)
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
 def window_means(times: list[float]) -> list[float]:
@@ -281,18 +319,24 @@ def main() -> None:
                     help="epochs of the whole-search wall-time comparison; 0 skips it")
     ap.add_argument("--search_batches", type=int, default=None,
                     help="training batches per epoch in that comparison (default: all)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the steps run (cuda: the first GPU; memory is then the CUDA allocator's peak)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device; valid here: --device cpu")
+    device = torch.device(args.device)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    s = setup(args.space)
+    s = setup(args.space, device)
     # the digits' training split has fewer batches than steps: go round it again
-    batches = list(itertools.islice(itertools.cycle(s.data.train_dataloader()), args.warmup + args.steps))
-    search_batch = next(iter(s.data.search_dataloader()))
+    batches = [to_device(b, device) for b in
+               itertools.islice(itertools.cycle(s.data.train_dataloader()), args.warmup + args.steps)]
+    search_batch = to_device(next(iter(s.data.search_dataloader())), device)
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
         "post_training": lambda: post_training_step(s, search_batch),
     }
-    memory = {name: peak_memory(build, batches) for name, build in builders.items()}
+    memory = {name: peak_memory(build, batches, device) for name, build in builders.items()}
     for k in ARCH_EVERY[1:]:
         builders[f"bilevel_every{k}"] = partial(bilevel_step, s, search_batch, k)
 
@@ -300,10 +344,13 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i, batch in enumerate(batches):
         for name, step in steps.items():
+            synchronize(device)
             start = time.perf_counter()
             step(batch)
+            synchronize(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
+    operators = {name: operators_per_step(steps[name], batches[-1]) for name in memory}  # no every-k: alternates
     median = {name: statistics.median(t) for name, t in times.items()}
     windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
     iterations = {**{f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY},
@@ -312,19 +359,22 @@ def main() -> None:
     result = {
         "model": f"{s.describe}, candidates {CANDIDATES}, {groups} groups",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
         "step_ratio": {k: round(median[k] / median["fp32"], 3)
                        for k in ("supernet", "bilevel", "kpath", "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
                          for k in ("supernet", "bilevel", "kpath", "post_training")},
+        "operators_per_step": operators,
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},
         "goals": {"step_ratio.supernet": 1.20 if args.space == "cnn" else 1.10,
                   "iteration_ratio.default": 1.4, "memory_ratio.supernet": 1.2},
     }
     if args.search_epochs > 0:
-        result["search_wall"] = search_wall_time(args.search_epochs, args.search_batches, arch_every=ARCH_EVERY)
+        result["search_wall"] = search_wall_time(args.search_epochs, args.search_batches, arch_every=ARCH_EVERY,
+                                                 accelerator="gpu" if device.type == "cuda" else "cpu")
     print(json.dumps(result, indent=1))
 
 

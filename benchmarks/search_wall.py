@@ -6,7 +6,7 @@ runs once per `arch_every` asked for; the runs are interleaved round by round (F
 search), so machine noise hits them alike; then the post-training search (train_weights false,
 no warm-up), the same epochs. Prints JSON.
 
-    python benchmarks/search_wall.py [--epochs 1] [--limit_batches N] [--rounds 3]
+    python benchmarks/search_wall.py [--epochs 1] [--limit_batches N] [--rounds 3] [--accelerator cpu|gpu]
 """
 from __future__ import annotations
 
@@ -53,9 +53,10 @@ def _modules(cfg: dict[str, Any], vocab: int) -> dict[str, Callable[..., TaskMod
 
 
 def _fit_seconds(module: TaskModule, trainer_cfg: dict[str, Any], data: LMDataModule, epochs: int,
-                 limit_batches: int | None) -> float:
+                 limit_batches: int | None, accelerator: str) -> float:
     options = {k: v for k, v in trainer_cfg.items() if k not in ("max_epochs", "enable_model_summary")}
     trainer = pl.Trainer(max_epochs=epochs, limit_train_batches=limit_batches or 1.0, logger=False,
+                         accelerator=accelerator, devices=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, **options)
     start = time.perf_counter()
@@ -64,9 +65,9 @@ def _fit_seconds(module: TaskModule, trainer_cfg: dict[str, Any], data: LMDataMo
 
 
 def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: int = 3,
-                     arch_every: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+                     arch_every: tuple[int, ...] = (1, 2, 4), accelerator: str = "cpu") -> dict[str, Any]:
     """Median wall seconds over `rounds` of FP32 training and of the search at each arch_every,
-    and their ratios to FP32."""
+    and their ratios to FP32, on one device of Lightning's `accelerator` (cpu, gpu)."""
     cfg = yaml.safe_load(QUICK.read_text())
     data = LMDataModule(**cfg["data"])
     modules = _modules(cfg, data.vocab_size)  # the corpus is read and encoded here, before any timing
@@ -75,18 +76,18 @@ def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: 
     for _ in range(rounds):
         pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
         seconds["fp32"].append(_fit_seconds(modules["fp32"](), cfg["pretrain"]["trainer"], data, epochs,
-                                            limit_batches))
+                                            limit_batches, accelerator))
         for k in arch_every:
             pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
             seconds[f"search_arch_every_{k}"].append(_fit_seconds(modules["search"](k), cfg["search"]["trainer"],
-                                                                  data, epochs, limit_batches))
+                                                                  data, epochs, limit_batches, accelerator))
         pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
         post_training = modules["search"](1, train_weights=False, warmup_fraction=0.0)
         seconds["search_post_training"].append(_fit_seconds(post_training, cfg["search"]["trainer"], data, epochs,
-                                                            limit_batches))
+                                                            limit_batches, accelerator))
     median = {name: statistics.median(s) for name, s in seconds.items()}
     return {
-        "config": str(QUICK.relative_to(QUICK.parent.parent.parent)), "epochs": epochs,
+        "config": str(QUICK.relative_to(QUICK.parent.parent.parent)), "accelerator": accelerator, "epochs": epochs,
         "train_batches_per_epoch": limit_batches or len(data.train_dataloader()), "rounds": rounds,
         "wall_s": {name: [round(x, 2) for x in s] for name, s in seconds.items()},
         "ratio_to_fp32": {name: round(median[name] / median["fp32"], 3) for name in median if name != "fp32"},
@@ -98,8 +99,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--limit_batches", type=int, default=None, help="training batches per epoch (default: all)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     args = ap.parse_args()
-    print(json.dumps(search_wall_time(args.epochs, args.limit_batches, args.rounds), indent=1))
+    print(json.dumps(search_wall_time(args.epochs, args.limit_batches, args.rounds, accelerator=args.accelerator),
+                     indent=1))
 
 
 if __name__ == "__main__":

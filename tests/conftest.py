@@ -1,13 +1,15 @@
 """Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare), tiny LSTM LMs, a
 check that every weight of an exported model lies on its quantization table, and a guard on host
-reads of tensors."""
+reads of tensors; `load_benchmark` runs a script of benchmarks/ as a module."""
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import pytest
@@ -105,8 +107,8 @@ OWN_CODE = tuple(str(Path(m.__file__).parent) for m in (nas_mpq, search_spaces))
 @contextmanager
 def host_reads(fail: bool = True, calls: list[str] | None = None) -> Iterator[list[str]]:
     """Within the block, every call of a HOST_READS method made by nas_mpq or search_spaces code
-    is recorded ("method at file:line", in `calls` or a new list, yielded) and, with `fail`,
-    raises AssertionError; calls from torch and Lightning pass."""
+    is recorded ("method at file:line (device type of the tensor read)", in `calls` or a new list,
+    yielded) and, with `fail`, raises AssertionError; calls from torch and Lightning pass."""
     calls = [] if calls is None else calls
     originals = {name: torch.Tensor.__dict__.get(name) for name in HOST_READS}
 
@@ -116,7 +118,7 @@ def host_reads(fail: bool = True, calls: list[str] | None = None) -> Iterator[li
         def read(self, *args, **kwargs):
             caller = sys._getframe(1)
             if caller.f_code.co_filename.startswith(OWN_CODE):
-                calls.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno}")
+                calls.append(f"{name} at {caller.f_code.co_filename}:{caller.f_lineno} ({self.device.type})")
                 if fail:
                     raise AssertionError(f"host read of a tensor: {calls[-1]}")
             return method(self, *args, **kwargs)
@@ -132,3 +134,11 @@ def host_reads(fail: bool = True, calls: list[str] | None = None) -> Iterator[li
                 delattr(torch.Tensor, name)
             else:
                 setattr(torch.Tensor, name, original)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script benchmarks/<name>.py as a module, freshly executed."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

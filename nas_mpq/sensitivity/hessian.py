@@ -34,7 +34,8 @@ class TraceEstimate:
 
 
 def _rademacher(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype)
+    """A +-1 vector shaped like p, drawn on the host (the same draws on every device), on p's device."""
+    return (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.device, p.dtype)
 
 
 @contextmanager
@@ -54,6 +55,7 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[objec
         raise ValueError("no groups to estimate traces for")
     params = list(dict.fromkeys(model.get_parameter(g.param) for g in groups.values()))
     index = {id(p): i for i, p in enumerate(params)}
+    where = [index[id(model.get_parameter(g.param))] for g in groups.values()]
     generator = torch.Generator().manual_seed(seed)
     totals = {n: 0.0 for n in groups}
     used: list[int] = []
@@ -65,10 +67,8 @@ def hutchinson_traces(model: nn.Module, loss_fn: LossFn, batches: Iterable[objec
             v = [_rademacher(p, generator) for p in params]
             hv = torch.autograd.grad(grads, params, v, retain_graph=True)
             moved = size = 0.0
-            for n, g in groups.items():
-                i = index[id(model.get_parameter(g.param))]
-                vi, hvi = g.view(v[i]), g.view(hv[i])
-                sample = float((vi * hvi).sum())
+            products = [(g.view(v[i]) * g.view(hv[i])).sum() for g, i in zip(groups.values(), where)]
+            for n, sample in zip(groups, torch.stack(products).tolist()):  # one read from the device
                 new = means[n] + (sample - means[n]) / k
                 moved, size = moved + abs(new - means[n]), size + abs(new)
                 means[n] = new

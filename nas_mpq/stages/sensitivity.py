@@ -7,13 +7,15 @@ The model, search space, budget and data come from the config's search section (
 `nas-mpq search`). Methods: hessian (Hutchinson trace, HAWQ-V2 Omega), kl (KL of next-token
 distributions (class distributions for a classifier) with one group quantized), and the baselines
 uniform (every group at --bits, by default the largest candidate meeting the budget) and random
-(seeded). Writes sensitivity.json (hessian and kl), plan.json and sensitivity.png.
+(seeded). Writes sensitivity.json (hessian and kl), plan.json and sensitivity.png. The measurement
+runs on the trainer's device (`--trainer.accelerator gpu --trainer.devices 1`: the first GPU).
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Literal
 
+from pytorch_lightning.utilities import move_data_to_device
 from torch.nn import functional as F
 
 from nas_mpq.files import write_atomic
@@ -48,12 +50,13 @@ def _loss(model: Any, batch: tuple) -> Any:
     return F.cross_entropy(logits, y)
 
 
-def _take(loader: Any, n: int) -> list:
+def _take(loader: Any, n: int, device: Any) -> list:
+    """The loader's first n batches, on the device."""
     out = []
     for batch in loader:
         if len(out) == n:
             break
-        out.append(batch)
+        out.append(move_data_to_device(batch, device))
     return out
 
 
@@ -63,12 +66,13 @@ def _measure(cfg: Any, net: Any, module: SupernetModule, template: PrecisionPlan
     sensitivity.json."""
     search_space = module.search_space
     candidates, method, per_channel = search_space.candidates, search_space.method, search_space.per_channel
+    device = next(net.parameters()).device
     if cfg.method == "hessian":
-        est = hutchinson_traces(net, _loss, _take(dm.train_dataloader(), cfg.num_batches), template.groups,
+        est = hutchinson_traces(net, _loss, _take(dm.train_dataloader(), cfg.num_batches, device), template.groups,
                                 max_samples=cfg.max_samples, tol=cfg.tol, seed=cfg.seed_everything)
         omega = hawq_omega(net, template.groups, est.traces, candidates, method, per_channel)
         return omega, sensitivity_report(cfg.method, module.budget, template.groups, omega, est.traces, est.samples)
-    omega = kl_sensitivity(net, template.groups, candidates, _take(dm.search_dataloader(), cfg.num_batches),
+    omega = kl_sensitivity(net, template.groups, candidates, _take(dm.search_dataloader(), cfg.num_batches, device),
                            lambda m, b: batch_logits(m, b, None)[0], method, per_channel)
     return omega, sensitivity_report(cfg.method, module.budget, template.groups, omega)
 
@@ -79,6 +83,7 @@ def run(argv: list[str]) -> int:
     cli.run_dir.mkdir(parents=True, exist_ok=True)
     net = to_float_(module.net).eval()
     load_net_weights(net, cfg.ckpt)  # a checkpoint that does not fit fails here, before any work
+    net.to(cli.trainer.strategy.root_device)  # --trainer.accelerator gpu measures on the GPU
     search_space, budget = module.search_space, module.budget
     template = uniform_plan(net, search_space, 32)
     template = PrecisionPlan(template.space_name, search_space.candidates, template.groups,

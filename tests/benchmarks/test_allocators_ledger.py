@@ -1,7 +1,6 @@
 """The allocator benchmark's ledger: finished runs are restored on a machine that lacks them, never
 rerun; a run made with another config is refused; the FP32 model is retrained only when a stage
 that needs it has to run, and must reproduce the kept figure."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_allocators():
-    spec = importlib.util.spec_from_file_location("allocators", ROOT / "benchmarks" / "allocators.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("allocators")
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """benchmarks/pipeline_wall.py: the stages it times, in order, and the ratio it reports (the
 `nas-mpq` stages faked: each writes its metrics and takes a set number of seconds)."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = {"pretrain": 100.0, "sensitivity": 10.0, "search": 30.0, "finalize": 20.0}
@@ -13,9 +14,7 @@ SECONDS = {"pretrain": 100.0, "sensitivity": 10.0, "search": 30.0, "finalize": 2
 
 @pytest.fixture
 def wall(monkeypatch):
-    spec = importlib.util.spec_from_file_location("pipeline_wall", ROOT / "benchmarks" / "pipeline_wall.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("pipeline_wall")
     calls = []
 
     def fake_timed(args):

@@ -356,7 +356,7 @@ def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_
     class Watch(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen["hard"].append(pl_module.sampler.hard)
-            seen["theta_moved"].append(not torch.equal(thetas(pl_module), prior))
+            seen["theta_moved"].append(not torch.equal(thetas(pl_module).cpu(), prior))
             seen["weights_moved"].append(any(not torch.equal(p, last[n]) for n, p in weights.items()))
             last.update({n: p.detach().clone() for n, p in weights.items()})
 

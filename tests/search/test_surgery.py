@@ -130,3 +130,18 @@ def test_derive_plan_with_budget_keeps_what_fits_of_the_search():
     assert report["groups_changed"] == sum(b != 32 for b in plan.bits.values()) >= len(plan.groups) - 2
     filled = derive_plan(net, space, Budget("avg_bits", 3.0), min_fill=0.99)
     assert 0.99 * 3.0 <= filled.size().avg_bits <= 3.0  # asked to, it uses the budget it has
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cnn_already_on_the_gpu_is_prepared_there():
+    """The forward that tells convolutions their output size runs the example input on the
+    model's device: a model moved to the GPU before the search is prepared as one on the CPU."""
+    from search_spaces.cnn import ResNetCNN, cnn_space
+
+    torch.manual_seed(0)
+    on_cpu = prepare_search_(ResNetCNN(10, width=8), cnn_space())
+    torch.manual_seed(0)
+    on_gpu = prepare_search_(ResNetCNN(10, width=8).cuda(), cnn_space())
+    cpu_groups, gpu_groups = search_groups(on_cpu), search_groups(on_gpu)
+    assert [g.plan.macs for g in gpu_groups] == [g.plan.macs for g in cpu_groups]
+    assert all(g.plan.macs > 0 for g in gpu_groups)
