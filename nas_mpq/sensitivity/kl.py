@@ -28,7 +28,7 @@ def kl_sensitivity(model: nn.Module, groups: Mapping[str, GroupPlan], candidates
     candidates = list(candidates)
     was_training = model.training
     model.eval()
-    sums: dict[str, dict[int, torch.Tensor | float]] = {n: {b: 0.0 for b in candidates} for n in groups}
+    values: list[torch.Tensor] = []  # KL per batch, group and candidate, in that order, on the device
     tokens = 0
     try:
         for batch in batches:
@@ -41,15 +41,15 @@ def kl_sensitivity(model: nn.Module, groups: Mapping[str, GroupPlan], candidates
                     w.copy_(make_quantizer(b, original, method, per_channel).value(original))
                     out = F.log_softmax(logits_fn(model, batch).flatten(0, -2), dim=-1)
                     kl = F.kl_div(out, ref, log_target=True, reduction="sum")
-                    sums[n][b] = sums[n][b] + kl.double()  # summed on the device, read once at the end
+                    values.append(kl)
                 w.copy_(original)
     finally:
         model.train(was_training)
     if tokens == 0:
         raise ValueError("no batches to measure the KL sensitivity on")
-    names = [(n, b) for n, per in sums.items() for b in per]
-    totals = torch.stack([sums[n][b] for n, b in names]).tolist()  # every sum a tensor: a batch was seen
-    out: dict[str, dict[int, float]] = {n: {} for n in groups}
-    for (n, b), total in zip(names, totals):
-        out[n][b] = max(total / tokens, 0.0)
-    return out
+    sums = {n: {b: 0.0 for b in candidates} for n in groups}
+    slots = [(n, b) for n in groups for b in candidates]
+    for i, kl in enumerate(torch.stack(values).tolist() if values else []):  # one read from the device
+        n, b = slots[i % len(slots)]
+        sums[n][b] += kl  # batch after batch, as float32 values summed in float64
+    return {n: {b: max(s / tokens, 0.0) for b, s in per.items()} for n, per in sums.items()}

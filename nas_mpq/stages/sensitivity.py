@@ -8,7 +8,8 @@ The model, search space, budget and data come from the config's search section (
 distributions (class distributions for a classifier) with one group quantized), and the baselines
 uniform (every group at --bits, by default the largest candidate meeting the budget) and random
 (seeded). Writes sensitivity.json (hessian and kl), plan.json and sensitivity.png. The measurement
-runs on the trainer's device (`--trainer.accelerator gpu --trainer.devices 1`: the first GPU).
+runs on the trainer's device, as training does: Lightning's accelerator "auto" takes the first
+GPU where there is one; `--trainer.accelerator cpu` keeps it on the CPU.
 """
 from __future__ import annotations
 
@@ -83,12 +84,12 @@ def run(argv: list[str]) -> int:
     cli.run_dir.mkdir(parents=True, exist_ok=True)
     net = to_float_(module.net).eval()
     load_net_weights(net, cfg.ckpt)  # a checkpoint that does not fit fails here, before any work
-    net.to(cli.trainer.strategy.root_device)  # --trainer.accelerator gpu measures on the GPU
     search_space, budget = module.search_space, module.budget
     template = uniform_plan(net, search_space, 32)
     template = PrecisionPlan(template.space_name, search_space.candidates, template.groups,
                              template.fixed_numel, budget)
     if cfg.method in ("hessian", "kl"):
+        net.to(cli.trainer.strategy.root_device)  # the trainer's device: "auto" takes a GPU where there is one
         omega, report = _measure(cfg, net, module, template, cli.datamodule)
         plan = allocate(template, omega, budget)
         write_atomic(cli.run_dir / "sensitivity.json", json.dumps(report, indent=1) + "\n")

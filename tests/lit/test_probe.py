@@ -51,9 +51,8 @@ def test_the_search_returns_the_best_probed_of_its_start_and_best_validated_plan
     assert plan.to_dict()["groups"] == best["plan"]["groups"] and plan.meets_budget()
     assert plan.extra["search_epoch"] == {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
     assert module.derive_plan().bits == plan.bits and module.plan_probe.results is probes  # probed once
-    device = trainer.strategy.root_device  # the trainer's own: a GPU where one is (accelerator "auto")
-    on = {"accelerator": "gpu", "devices": [device.index or 0]} if device.type == "cuda" else {"accelerator": "cpu",
-                                                                                               "devices": 1}
+    # the trainer's device, which accelerator "auto" makes the first GPU where there is one
+    on = {"accelerator": "gpu", "devices": [0]} if torch.cuda.is_available() else {"accelerator": "cpu", "devices": 1}
     assert trainer_settings(trainer) == {**on, "precision": "32-true", "limit_val_batches": 3,
                                          "enable_progress_bar": False}
     # each probe started from the search's starting weights, not its trained ones: the same
