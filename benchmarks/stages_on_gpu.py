@@ -1,7 +1,7 @@
 """Every stage on an accelerator, as the commands a user runs: for each quick config, the main job
 (`nas-mpq run`: pretrain, search, finalize with export, the uniform reference, the report) with
 `--trainer.accelerator gpu`, then the Hessian (Hutchinson, double backward) and KL sensitivity of
-its FP32 model and `nas-mpq evaluate` of its packed model. Each stage trains --epochs epochs
+its FP32 model and `nas-mpq evaluate` of its packed model (which runs on the CPU). Each stage trains --epochs epochs
 (a check that the whole path runs on the device, not a quality figure). Prints JSON: each command's
 wall seconds and the figures it wrote (stdout: the JSON alone; the stages' output goes to
 stderr); the first command that fails stops the check and is named.
