@@ -57,6 +57,7 @@ from typing import Callable
 
 import torch
 from pytorch_lightning import LightningDataModule
+from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
@@ -268,13 +269,13 @@ def peak_memory(build: Callable[[], Step], batches: list[tuple], device: torch.d
     step = build()
     step(batches[0])  # optimizer state exists from the first step on
     peak = 0
+    synchronize(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     for batch in batches[1:3]:
         if device.type == "cuda":
             step(batch)
-            torch.cuda.synchronize(device)
+            synchronize(device)
             peak = max(peak, torch.cuda.max_memory_allocated(device))
         else:
             with PeakRSS() as p:
@@ -282,10 +283,6 @@ def peak_memory(build: Callable[[], Step], batches: list[tuple], device: torch.d
             peak = max(peak, p.peak)
     del step
     return peak - base
-
-
-def to_device(batch: tuple, device: torch.device) -> tuple:
-    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
 def synchronize(device: torch.device) -> None:
@@ -329,9 +326,9 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     s = setup(args.space, device)
     # the digits' training split has fewer batches than steps: go round it again
-    batches = [to_device(b, device) for b in
+    batches = [move_data_to_device(b, device) for b in
                itertools.islice(itertools.cycle(s.data.train_dataloader()), args.warmup + args.steps)]
-    search_batch = to_device(next(iter(s.data.search_dataloader())), device)
+    search_batch = move_data_to_device(next(iter(s.data.search_dataloader())), device)
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),

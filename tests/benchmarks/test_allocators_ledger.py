@@ -13,14 +13,10 @@ from conftest import load_benchmark
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_allocators():
-    return load_benchmark("allocators")
-
-
 @pytest.fixture
 def bench_env(tmp_path, monkeypatch):
     """allocators with `nas-mpq` replaced by a fake that writes a stage's files and logs its call."""
-    alloc = load_allocators()
+    alloc = load_benchmark("allocators")
     configs = tmp_path / "configs"
     configs.mkdir()
     for name in ("pretrain", "pretrain_continued", "pretrain_averaged", "search", "search_frozen", "search_at_plan",
