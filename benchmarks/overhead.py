@@ -7,7 +7,10 @@ the digits CNN (width 16, batches of 64 images), it measures per step (forward, 
 Adam step):
   fp32          the float model;
   supernet      the same model with a soft Gumbel-softmax choice per group: one composite weight
-                per layer, one forward;
+                per layer, one forward; the groups that are equal blocks of one weight (an
+                LSTM weight's gates, attention heads) quantized together in one pass;
+  supernet_by_group
+                the same with every group quantized on its own (as before that pass existed);
   bilevel       one whole search iteration as SupernetModule runs it: an arch step on a search
                 batch (task loss plus the budget term, clipped) plus a weight step (clipped) and
                 the multiplier's update (two batches, so about twice a step by construction);
@@ -54,6 +57,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
+from unittest import mock
 
 import torch
 from pytorch_lightning import LightningDataModule
@@ -139,6 +143,16 @@ def supernet(s: Setup) -> tuple[nn.Module, list, list]:
 def supernet_step(s: Setup) -> Step:
     net, weights, theta = supernet(s)
     return train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
+
+
+def supernet_by_group_step(s: Setup) -> Step:
+    """supernet_step with each group's composite computed on its own (no block_composite)."""
+    step = supernet_step(s)
+
+    def by_group(batch: tuple) -> None:
+        with mock.patch("nas_mpq.search.layers.block_composite", lambda *args: None):
+            step(batch)
+    return by_group
 
 
 def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
@@ -331,6 +345,7 @@ def main() -> None:
     search_batch = move_data_to_device(next(iter(s.data.search_dataloader())), device)
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
+        "supernet_by_group": lambda: supernet_by_group_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
         "post_training": lambda: post_training_step(s, search_batch),
     }
@@ -364,9 +379,9 @@ def main() -> None:
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
         "step_ratio": {k: round(median[k] / median["fp32"], 3)
-                       for k in ("supernet", "bilevel", "kpath", "post_training")},
+                       for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
-                         for k in ("supernet", "bilevel", "kpath", "post_training")},
+                         for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
         "operators_per_step": operators,
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},

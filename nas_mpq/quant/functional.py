@@ -58,19 +58,23 @@ error curve is flat near its minimum, so the scale is as good, at a cost per ste
 the layer's size (the whole 2.56M-weight embedding would cost more than a step)."""
 
 
-def _fit_sample(a: torch.Tensor, per_channel: bool) -> torch.Tensor:
+def _fit_sample(a: torch.Tensor, per_channel: bool, per_block: bool = False) -> torch.Tensor:
     """What the scale fit reads, as (scales, elements): all of `a`, or for a larger weight every
     k-th row (per tensor; whole rows, so no column is left out) or every k-th element of each row
-    (per channel), at most FIT_SAMPLE elements per scale. Strided views, no copy."""
+    (per channel), at most FIT_SAMPLE elements per scale. `per_block`: a's first dimension indexes
+    equal blocks (the groups of one weight), each sampled as the per-tensor weight it is alone.
+    Strided views, no copy."""
     if per_channel:
         rows = a.reshape(a.shape[0], -1)
         m = max(FIT_SAMPLE // a.shape[0], 1024)
         return rows if rows.shape[1] <= m else rows[:, ::-(-rows.shape[1] // m)]
-    if a.numel() <= FIT_SAMPLE:
-        return a.reshape(1, -1)
-    rows = a.reshape(a.shape[0], -1) if a.dim() > 1 and a.shape[0] > 1 else a.reshape(-1, 1)
-    step = -(-a.numel() // FIT_SAMPLE)
-    return rows[::step].reshape(1, -1) if rows.shape[0] >= step else a.reshape(1, -1)[:, ::step]
+    blocks = a if per_block else a.unsqueeze(0)
+    n, block = blocks.shape[0], blocks[0]
+    if block.numel() <= FIT_SAMPLE:
+        return blocks.reshape(n, -1)
+    rows = blocks.reshape(n, block.shape[0], -1) if block.dim() > 1 and block.shape[0] > 1 else blocks.reshape(n, -1, 1)
+    step = -(-block.numel() // FIT_SAMPLE)
+    return rows[:, ::step].reshape(n, -1) if rows.shape[1] >= step else blocks.reshape(n, -1)[:, ::step]
 
 
 def _reduce(x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -153,10 +157,15 @@ class WeightStats:
     exactly as those rows of the whole weight do. What every width's fit reads (the sample of the
     weight, its rms and max-abs per scale) is computed once for all of them, and the widths named
     in `widths` (a group's candidates) are fitted together in one batched pass when the first of
-    them is asked for."""
+    them is asked for. `per_block`: the weight's first dimension indexes the equal blocks of
+    several groups (an LSTM weight's gates), each fitted as the per-tensor weight it is alone, all
+    in one pass; the scales then have one value per block, shaped like per-channel ones."""
 
-    def __init__(self, w: torch.Tensor, per_channel: bool = False, widths: Sequence[int] = ()) -> None:
-        self.weight, self.per_channel = w.detach(), per_channel
+    def __init__(self, w: torch.Tensor, per_channel: bool = False, widths: Sequence[int] = (),
+                 per_block: bool = False) -> None:
+        if per_channel and per_block:
+            raise ValueError("WeightStats takes per_channel or per_block, not both")
+        self.weight, self.per_channel, self.per_block = w.detach(), per_channel, per_block
         self.widths = tuple(sorted({b for b in widths if b >= 2}))
         self._scales: dict[tuple[int, int], torch.Tensor] = {}
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -166,11 +175,16 @@ class WeightStats:
         key = (bits, iters)
         if key not in self._scales:
             a, tiny = self.weight, torch.finfo(self.weight.dtype).tiny
+            per_row = self.per_channel or self.per_block
             if bits == 1:
-                n = a[0].numel() if self.per_channel else a.numel()
-                self._scales[key] = (_reduce(a.abs(), self.per_channel) / n).clamp_min(tiny)
+                n = a[0].numel() if per_row else a.numel()
+                if self.per_block:  # each block's sum as its own fit takes it: a long sum's order
+                    total = torch.stack([block.abs().sum() for block in a])  # depends on its outputs
+                    self._scales[key] = (total.view(-1, *(1,) * (a.dim() - 1)) / n).clamp_min(tiny)
+                else:
+                    self._scales[key] = (_reduce(a.abs(), per_row) / n).clamp_min(tiny)
             else:
-                shape = (-1,) + (1,) * (a.dim() - 1) if self.per_channel else ()
+                shape = (-1,) + (1,) * (a.dim() - 1) if per_row else ()
                 for b, s in zip(*self._fitted_together(bits, iters)):
                     self._scales[(b, iters)] = s.reshape(shape)
         return self._scales[key]
@@ -189,7 +203,7 @@ class WeightStats:
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(what the scale fit reads as (scales, elements), its rms per scale, its max-abs per scale)."""
         if self._sample is None:
-            rows = _fit_sample(self.weight, self.per_channel)
+            rows = _fit_sample(self.weight, self.per_channel, self.per_block)
             rms, absmax = rows.square().mean(dim=1, keepdim=True).sqrt_(), rows.abs().amax(dim=1, keepdim=True)
             if rows.shape[1] > SUM_CHUNKED:  # zeros add nothing to the fit's sums
                 rows = torch.nn.functional.pad(rows, (0, -rows.shape[1] % SUM_CHUNK))

@@ -28,6 +28,8 @@ class CompositeWeight(torch.autograd.Function):
     buffer: the forward allocates two weight-sized tensors (the result and that buffer), and so
     does the backward, whatever the number of candidates. A small weight's soft sample instead
     stacks every candidate's value and keeps the stack for the backward (`STACKED_ELEMENTS`).
+    y of shape (K,) mixes the candidates of one group; y of shape (K, N, 1, ...) those of N groups
+    whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
 
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
     dL/dy_k = <G, Q_k(w)>. Quantizers with the identity STE and no parameters contribute `y_k G`
@@ -61,8 +63,12 @@ class CompositeWeight(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         if len(ctx.saved_tensors) == 3:  # the stacked forward kept every candidate's value
             w, y, values = ctx.saved_tensors
-            grad_w = grad * y.sum() if ctx.needs_input_grad[0] else None
-            return (grad_w, values.reshape(len(y), -1) @ grad.reshape(-1), None, None, None)
+            grad_w = grad * y.sum(0) if ctx.needs_input_grad[0] else None
+            if y.dim() == 1:
+                grad_y = values.reshape(len(y), -1) @ grad.reshape(-1)
+            else:  # one number per candidate and block
+                grad_y = torch.linalg.vecdot(values.reshape(*y.shape[:2], -1), grad.reshape(y.shape[1], -1)).view_as(y)
+            return (grad_w, grad_y, None, None, None)
         w, y = ctx.saved_tensors
         quantizers: Sequence[WeightQuantizer] = ctx.quantizers
         params = [p for q in quantizers for p in q.parameters()]
@@ -70,19 +76,18 @@ class CompositeWeight(torch.autograd.Function):
         grad_y = torch.empty_like(y)
         identity = [k for k, q in enumerate(quantizers) if q.identity_grad]
         grad_w = grad * _sum_at(y, identity) if ctx.needs_input_grad[0] else None
-        flat_grad = grad.reshape(-1)
         stats = ctx.stats
         scratch = torch.empty_like(w) if identity else None
         for k, q in enumerate(quantizers):
             if q.identity_grad:
-                grad_y[k] = torch.dot(flat_grad, q.value(w, stats, scratch).reshape(-1))
+                grad_y[k] = _inner(grad, q.value(w, stats, scratch), y[k])
                 continue
             with torch.enable_grad():
                 w_leaf = w.detach().requires_grad_(True)
                 own = [p for p in q.parameters() if p.requires_grad]
                 q_w = q(w_leaf)
                 grads = torch.autograd.grad(q_w, [w_leaf, *own], grad * y[k], allow_unused=True)
-            grad_y[k] = torch.dot(flat_grad, q_w.detach().reshape(-1))
+            grad_y[k] = _inner(grad, q_w.detach(), y[k])
             if grad_w is not None and grads[0] is not None:
                 grad_w = grad_w + grads[0]
             for p, g in zip(own, grads[1:]):
@@ -105,8 +110,15 @@ def _stacks(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQ
 
 
 def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
-    """`y[indices].sum()` without an index tensor (which would be copied to y's device)."""
-    return torch.stack([y[k] for k in indices]).sum() if indices else y.new_zeros(())
+    """`y[indices].sum(0)` without an index tensor (which would be copied to y's device)."""
+    return torch.stack([y[k] for k in indices]).sum(0) if indices else torch.zeros_like(y[0])
+
+
+def _inner(grad: torch.Tensor, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """<grad, value> shaped like `like` (a candidate's y): one number, or one per block."""
+    if like.dim() == 0:
+        return torch.dot(grad.reshape(-1), value.reshape(-1))
+    return torch.linalg.vecdot(grad.reshape(len(like), -1), value.reshape(len(like), -1)).view_as(like)
 
 
 class MixedPrecisionChoice(nn.Module):
@@ -147,21 +159,22 @@ class MixedPrecisionChoice(nn.Module):
         forward (`record_argmax_`)."""
         self._sample, self._sample_index = y, index
 
-    def shared_stats(self, w: torch.Tensor) -> WeightStats | None:
+    def shared_stats(self, w: torch.Tensor, per_block: bool = False) -> WeightStats | None:
         """The fitted scales of `w` shared by every candidate (None when they disagree on
         per_channel or none uses them), kept until `w` changes (its version counter) or
         `clear_stats` is called: the search step on the choices and the weight step that follows
         it fit each weight once, not twice. The widths of this forward's candidates are fitted
-        together in one pass."""
+        together in one pass. `per_block`: `w` holds the equal blocks of this group and its
+        siblings (`block_composite`), one scale each."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
         widths = [self.quantizers[k].bits for k in self.active_candidates() if self.quantizers[k].uses_stats]
         if w.is_inference():  # no version counter to key on: fit afresh
-            return WeightStats(w, modes.pop(), widths)
-        key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
+            return WeightStats(w, modes.pop(), widths, per_block)
+        key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device, per_block)
         if self._stats is None or self._stats[0] != key:
-            self._stats = (key, WeightStats(w, modes.pop(), widths))
+            self._stats = (key, WeightStats(w, modes.pop(), widths, per_block))
         return self._stats[1]
 
     def clear_stats(self) -> None:
@@ -225,6 +238,28 @@ class MixedPrecisionChoice(nn.Module):
         return f"candidates={self.candidates}"
 
 
+def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice]) -> torch.Tensor | None:
+    """`torch.stack([c.composite(blocks[n]) for n, c in enumerate(choices)])` in one pass: the
+    groups whose weights are the equal blocks of one weight (an LSTM weight's gates, attention
+    heads) get their scales fitted together and each candidate quantized once for all of them, so
+    the operators a step dispatches (on a GPU they, not the arithmetic, bound a small model's step)
+    do not grow with the number of groups. None (compute them group by group) unless every choice
+    holds a soft sample over the same candidates, each with the identity STE, no parameters and
+    per-tensor scales."""
+    first = choices[0]
+    every = tuple(range(len(first.candidates)))
+    if not all(c.theta is not None and c.sample is not None and c.candidates == first.candidates
+               and c.active_candidates() == every for c in choices):
+        return None
+    if not all(q.identity_grad and not q.per_channel and next(q.parameters(), None) is None
+               for c in choices for q in c.quantizers):
+        return None
+    y = torch.stack([c.sample for c in choices], dim=1).to(blocks.device, blocks.dtype)
+    y = y.view(*y.shape, *(1,) * (blocks.dim() - 1))  # (K, N, 1, ...): broadcast over each block
+    stats = first.shared_stats(blocks, per_block=True)
+    return CompositeWeight.apply(blocks, y, every, list(first.quantizers), stats)
+
+
 def record_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:
     """Read argmax theta of every choice (with logits) from the device in one transfer and record
     it as the choice's pick (`argmax_index`) until the next `set_sample` (a choice's `pinned`
@@ -275,8 +310,12 @@ class GumbelSampler:
         read back in one transfer for all of them, and y is made one-hot on that index."""
         if not thetas:
             return []
-        noise = [self._gumbel(t.shape) for t in thetas]
-        ys = [torch.softmax((t + g) / self.tau, dim=-1) for t, g in zip(thetas, _to_devices(noise, thetas))]
+        noise = self._gumbel([t.shape for t in thetas])
+        moved = _to_devices(noise, thetas)
+        if len({(t.shape, t.device, t.dtype) for t in thetas}) == 1:  # every choice's in one pass
+            ys = list(torch.softmax((torch.stack(thetas) + torch.stack(moved)) / self.tau, dim=-1).unbind(0))
+        else:
+            ys = [torch.softmax((t + g) / self.tau, dim=-1) for t, g in zip(thetas, moved)]
         if not self.hard:
             return [(y, None) for y in ys]
         on_host = ys
@@ -286,9 +325,12 @@ class GumbelSampler:
         picks = torch.stack([y.detach().argmax() for y in on_host]).tolist()
         return [(_one_hot(k, y.detach()) - y.detach() + y, k) for y, k in zip(ys, picks)]
 
-    def _gumbel(self, shape: torch.Size) -> torch.Tensor:
-        u = torch.rand(shape, generator=self.generator).clamp_(1e-10, 1.0 - 1e-7)
-        return -torch.log(-torch.log(u))
+    def _gumbel(self, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+        """Gumbel noise of each shape, drawn one after the other from the generator and
+        transformed in one pass (the same numbers as one shape at a time)."""
+        u = torch.cat([torch.rand(s, generator=self.generator).reshape(-1) for s in shapes])
+        g = u.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_().neg_()
+        return [part.view(s) for part, s in zip(g.split([s.numel() for s in shapes]), shapes)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "hard": self.hard, "generator": self.generator.get_state()}

@@ -21,7 +21,7 @@ from torch import _VF, nn
 from torch.nn import functional as F
 
 from ..plan import slice_of
-from .choice import MixedPrecisionChoice
+from .choice import MixedPrecisionChoice, block_composite
 from .registry import register_layer
 from .space import LSTM_GATES, GroupRule
 
@@ -181,7 +181,20 @@ class SearchableMixin:
         if len(parts) == 1 and parts[0][0].rows is None:
             return self.choice(parts[0][1]).composite(w)
         parts.sort(key=lambda item: item[0].rows[0])
+        axis = parts[0][0].axis
+        if _equal_blocks([where for where, _ in parts], w.shape[axis]):
+            blocks = w.unflatten(axis, (len(parts), -1)).movedim(axis, 0)
+            out = block_composite(blocks, [self.choice(key) for _, key in parts])
+            if out is not None:
+                return out.movedim(0, axis).flatten(axis, axis + 1)
         return torch.cat([self.choice(key).composite(where.of(w)) for where, key in parts], dim=parts[0][0].axis)
+
+
+def _equal_blocks(slices: Sequence[GroupSlice], size: int) -> bool:
+    """Whether `slices` (sorted) cut a weight's dimension of length `size` into equal blocks."""
+    step = size // len(slices)
+    return step * len(slices) == size and all(
+        where.axis == slices[0].axis and where.rows == (i * step, (i + 1) * step) for i, where in enumerate(slices))
 
 
 def _no_fused_parent(module: nn.Module, args: tuple) -> None:
