@@ -351,14 +351,14 @@ def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_
     weights = {n: p for n, p in module.net.named_parameters() if id(p) not in arch}
     start, prior = {n: p.detach().clone() for n, p in weights.items()}, thetas(module)
     seen: dict[str, list] = {"hard": [], "theta_moved": [], "weights_moved": []}
-    last = {n: p.detach().clone() for n, p in weights.items()}
+    last = {n: p.detach().clone() for n, p in weights.items()}  # on the host, whatever the trainer's device
 
     class Watch(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen["hard"].append(pl_module.sampler.hard)
             seen["theta_moved"].append(not torch.equal(thetas(pl_module).cpu(), prior))
-            seen["weights_moved"].append(any(not torch.equal(p, last[n]) for n, p in weights.items()))
-            last.update({n: p.detach().clone() for n, p in weights.items()})
+            seen["weights_moved"].append(any(not torch.equal(p.cpu(), last[n]) for n, p in weights.items()))
+            last.update({n: p.detach().cpu().clone() for n, p in weights.items()})
 
     run = pl.Trainer(max_epochs=4, limit_train_batches=6, limit_val_batches=3, logger=False, callbacks=[Watch()],
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -369,7 +369,7 @@ def test_a_one_shot_search_trains_the_weights_on_sampled_plans_then_the_choices_
     assert not any(seen["theta_moved"][:warm]) and all(seen["theta_moved"][warm:])
     assert not any(seen["weights_moved"][warm:])
     assert all(p.grad is None and not p.requires_grad for p in weights.values())  # none computed once frozen
-    assert any(not torch.equal(p, start[n]) for n, p in weights.items())
+    assert any(not torch.equal(p.cpu(), start[n]) for n, p in weights.items())
     # a warm-up epoch validates the prior's plan, never searched: only epochs 2-3 compete
     assert module.best_plan["val_ppl"] == min(module.val_history[2:])
     assert module.best_plan["epoch"] == 2 + module.val_history[2:].index(min(module.val_history[2:]))
