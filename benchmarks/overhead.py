@@ -10,7 +10,8 @@ Adam step):
                 per layer, one forward; the groups that are equal blocks of one weight (an
                 LSTM weight's gates, attention heads) quantized together in one pass;
   supernet_by_group
-                the same with every group quantized on its own (as before that pass existed);
+                the same with every group quantized on its own (the Gumbel noise still drawn
+                for every choice in one pass);
   bilevel       one whole search iteration as SupernetModule runs it: an arch step on a search
                 batch (task loss plus the budget term, clipped) plus a weight step (clipped) and
                 the multiplier's update (two batches, so about twice a step by construction);

@@ -63,7 +63,7 @@ def _fit_sample(a: torch.Tensor, per_channel: bool, per_block: bool = False) -> 
     k-th row (per tensor; whole rows, so no column is left out) or every k-th element of each row
     (per channel), at most FIT_SAMPLE elements per scale. `per_block`: a's first dimension indexes
     equal blocks (the groups of one weight), each sampled as the per-tensor weight it is alone.
-    Strided views, no copy."""
+    Strided views where the layout allows (a block of columns is copied)."""
     if per_channel:
         rows = a.reshape(a.shape[0], -1)
         m = max(FIT_SAMPLE // a.shape[0], 1024)
@@ -139,6 +139,12 @@ SUM_CHUNKED = 32768
 between threads."""
 
 
+def fit_pass_elements(sample_elements: int, widths: int = 1) -> int:
+    """Elements of the largest temporary of one fit pass: `widths` widths x the starting scales x
+    the sample (of every scale fitted in the pass)."""
+    return widths * (len(_START_MULTIPLES) + 1) * sample_elements
+
+
 def _sum(x: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
     """Sum over the last dimension. A long sum into a single output (one per-tensor width fitted
     alone) is split between threads in an order that depends on their number, which a sum with
@@ -171,7 +177,8 @@ class WeightStats:
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def scale(self, bits: int, iters: int = FIT_ITERS) -> torch.Tensor:
-        """fit_scale(weight, bits, per_channel)."""
+        """fit_scale(weight, bits, per_channel); per block, fit_scale of each block (its scales
+        are then each block's to the bit on the CPU: every sum is taken as the block's alone)."""
         key = (bits, iters)
         if key not in self._scales:
             a, tiny = self.weight, torch.finfo(self.weight.dtype).tiny
@@ -196,7 +203,7 @@ class WeightStats:
         sample = self.sample()
         widths = [b for b in self.widths if (b, iters) not in self._scales] if bits in self.widths else [bits]
         if (sample[0].dtype not in (torch.float32, torch.float64)
-                or len(widths) * (len(_START_MULTIPLES) + 1) * sample[0].numel() > FIT_BATCH_ELEMENTS):
+                or fit_pass_elements(sample[0].numel(), len(widths)) > FIT_BATCH_ELEMENTS):
             widths = [bits]
         return widths, _fit(*sample, widths, iters)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..quant import QuantizerSettings, WeightQuantizer
-from ..quant.functional import WeightStats
+from ..quant.functional import FIT_BATCH_ELEMENTS, FIT_SAMPLE, WeightStats, fit_pass_elements
 
 
 class CompositeWeight(torch.autograd.Function):
@@ -26,7 +26,8 @@ class CompositeWeight(torch.autograd.Function):
     (every candidate for a soft sample; the picked one for a one-hot y), which the caller knows
     without reading y from the device. The candidates are quantized one after the other into one
     buffer: the forward allocates two weight-sized tensors (the result and that buffer), and so
-    does the backward, whatever the number of candidates. A small weight's soft sample instead
+    does the backward, whatever the number of candidates (one more for blocks along columns, whose
+    gradient is copied once into block order). A small weight's soft sample instead
     stacks every candidate's value and keeps the stack for the backward (`STACKED_ELEMENTS`).
     y of shape (K,) mixes the candidates of one group; y of shape (K, N, 1, ...) those of N groups
     whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
@@ -66,8 +67,10 @@ class CompositeWeight(torch.autograd.Function):
             grad_w = grad * y.sum(0) if ctx.needs_input_grad[0] else None
             if y.dim() == 1:
                 grad_y = values.reshape(len(y), -1) @ grad.reshape(-1)
-            else:  # one number per candidate and block
-                grad_y = torch.linalg.vecdot(values.reshape(*y.shape[:2], -1), grad.reshape(y.shape[1], -1)).view_as(y)
+            else:  # one number per candidate and block: (N, K, M) @ (N, M, 1)
+                k, n = y.shape[:2]
+                grad_y = torch.bmm(values.reshape(k, n, -1).transpose(0, 1), grad.reshape(n, -1, 1)).reshape(n, k).t()
+                grad_y = grad_y.reshape(y.shape)
             return (grad_w, grad_y, None, None, None)
         w, y = ctx.saved_tensors
         quantizers: Sequence[WeightQuantizer] = ctx.quantizers
@@ -77,17 +80,18 @@ class CompositeWeight(torch.autograd.Function):
         identity = [k for k, q in enumerate(quantizers) if q.identity_grad]
         grad_w = grad * _sum_at(y, identity) if ctx.needs_input_grad[0] else None
         stats = ctx.stats
+        flat_grad = grad.reshape(-1) if y.dim() == 1 else grad.reshape(y.shape[1], -1)
         scratch = torch.empty_like(w) if identity else None
         for k, q in enumerate(quantizers):
             if q.identity_grad:
-                grad_y[k] = _inner(grad, q.value(w, stats, scratch), y[k])
+                grad_y[k] = _inner(flat_grad, q.value(w, stats, scratch))
                 continue
             with torch.enable_grad():
                 w_leaf = w.detach().requires_grad_(True)
                 own = [p for p in q.parameters() if p.requires_grad]
                 q_w = q(w_leaf)
                 grads = torch.autograd.grad(q_w, [w_leaf, *own], grad * y[k], allow_unused=True)
-            grad_y[k] = _inner(grad, q_w.detach(), y[k])
+            grad_y[k] = _inner(flat_grad, q_w.detach())
             if grad_w is not None and grads[0] is not None:
                 grad_w = grad_w + grads[0]
             for p, g in zip(own, grads[1:]):
@@ -114,11 +118,13 @@ def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     return torch.stack([y[k] for k in indices]).sum(0) if indices else torch.zeros_like(y[0])
 
 
-def _inner(grad: torch.Tensor, value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """<grad, value> shaped like `like` (a candidate's y): one number, or one per block."""
-    if like.dim() == 0:
-        return torch.dot(grad.reshape(-1), value.reshape(-1))
-    return torch.linalg.vecdot(grad.reshape(len(like), -1), value.reshape(len(like), -1)).view_as(like)
+def _inner(flat_grad: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """<grad, value> given the gradient flattened to (elements,) or (blocks, elements): one number,
+    or one per block (as (blocks, 1), which fills a candidate's y of shape (blocks, 1, ...))."""
+    if flat_grad.dim() == 1:
+        return torch.dot(flat_grad, value.reshape(-1))
+    n = flat_grad.shape[0]
+    return torch.bmm(flat_grad.view(n, 1, -1), value.reshape(n, -1, 1)).view(n, *(1,) * (value.dim() - 1))
 
 
 class MixedPrecisionChoice(nn.Module):
@@ -163,9 +169,10 @@ class MixedPrecisionChoice(nn.Module):
         """The fitted scales of `w` shared by every candidate (None when they disagree on
         per_channel or none uses them), kept until `w` changes (its version counter) or
         `clear_stats` is called: the search step on the choices and the weight step that follows
-        it fit each weight once, not twice. The widths of this forward's candidates are fitted
-        together in one pass. `per_block`: `w` holds the equal blocks of this group and its
-        siblings (`block_composite`), one scale each."""
+        it fit each weight once, not twice (where both quantize the same way: a soft step's
+        blocks and a pinned step's groups are kept apart, one at a time). The widths of this
+        forward's candidates are fitted together in one pass. `per_block`: `w` holds the equal
+        blocks of this group and its siblings (`block_composite`), one scale each."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
@@ -243,9 +250,11 @@ def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice
     groups whose weights are the equal blocks of one weight (an LSTM weight's gates, attention
     heads) get their scales fitted together and each candidate quantized once for all of them, so
     the operators a step dispatches (on a GPU they, not the arithmetic, bound a small model's step)
-    do not grow with the number of groups. None (compute them group by group) unless every choice
-    holds a soft sample over the same candidates, each with the identity STE, no parameters and
-    per-tensor scales."""
+    do not grow with the number of groups (but for the 1-bit scale: one sum per block). The same
+    numbers to the bit on the CPU (on CUDA up to the order of float sums). None (compute them group
+    by group) unless every choice holds a soft sample over the same candidates, each with the
+    identity STE, no parameters and per-tensor scales, and the blocks' scale fit stays within
+    FIT_BATCH_ELEMENTS."""
     first = choices[0]
     every = tuple(range(len(first.candidates)))
     if not all(c.theta is not None and c.sample is not None and c.candidates == first.candidates
@@ -254,6 +263,8 @@ def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice
     if not all(q.identity_grad and not q.per_channel and next(q.parameters(), None) is None
                for c in choices for q in c.quantizers):
         return None
+    if fit_pass_elements(len(choices) * min(blocks[0].numel(), FIT_SAMPLE)) > FIT_BATCH_ELEMENTS:
+        return None  # the scale fit of every block at once would pass its memory bound
     y = torch.stack([c.sample for c in choices], dim=1).to(blocks.device, blocks.dtype)
     y = y.view(*y.shape, *(1,) * (blocks.dim() - 1))  # (K, N, 1, ...): broadcast over each block
     stats = first.shared_stats(blocks, per_block=True)
@@ -312,10 +323,14 @@ class GumbelSampler:
             return []
         noise = self._gumbel([t.shape for t in thetas])
         moved = _to_devices(noise, thetas)
-        if len({(t.shape, t.device, t.dtype) for t in thetas}) == 1:  # every choice's in one pass
-            ys = list(torch.softmax((torch.stack(thetas) + torch.stack(moved)) / self.tau, dim=-1).unbind(0))
-        else:
-            ys = [torch.softmax((t + g) / self.tau, dim=-1) for t, g in zip(thetas, moved)]
+        kinds: dict[tuple, list[int]] = {}
+        for i, t in enumerate(thetas):
+            kinds.setdefault((t.shape, t.device, t.dtype), []).append(i)
+        ys = list(thetas)  # each replaced by its sample below
+        for same in kinds.values():  # the logits of one length, device and dtype in one pass
+            mixed = torch.stack([thetas[i] for i in same]) + torch.stack([moved[i] for i in same])
+            for i, y in zip(same, torch.softmax(mixed / self.tau, dim=-1).unbind(0)):
+                ys[i] = y
         if not self.hard:
             return [(y, None) for y in ys]
         on_host = ys

@@ -194,14 +194,18 @@ def prepare_search_(model: nn.Module, space: SearchSpace, *, sampler: GumbelSamp
 @torch.no_grad()
 def _record_positions(model: nn.Module) -> None:
     """Convolutions learn their output size (for MACs) from one forward of the model's
-    `example_input(1)`, when it has one, moved to the device of the model's first parameter."""
+    `example_input(1)`, when it has one, moved to the device of the model's first parameter (and
+    a float input to its dtype: a float64 model gets a float64 image)."""
     convs = [m for m in model.modules() if isinstance(m, SearchConv2d)]
     if not convs or not hasattr(model, "example_input"):
         return
-    device = next(model.parameters()).device
+    first = next(model.parameters())
+
+    def moved(t: torch.Tensor) -> torch.Tensor:
+        return t.to(first.device, first.dtype) if t.is_floating_point() else t.to(first.device)
     was_training = model.training
     model.eval()
-    model(*(t.to(device) if isinstance(t, torch.Tensor) else t for t in model.example_input(1)))
+    model(*(moved(t) if isinstance(t, torch.Tensor) else t for t in model.example_input(1)))
     model.train(was_training)
 
 

@@ -10,7 +10,8 @@ from nas_mpq.quant import functional as F
 from nas_mpq.quant import make_quantizer
 from nas_mpq.search import GroupRule, GumbelSampler, MixedPrecisionChoice, SearchSpace, prepare_search_
 from nas_mpq.search import layers as search_layers
-from nas_mpq.search.choice import block_composite
+from nas_mpq.search import choice as choice_module
+from nas_mpq.search.choice import STACKED_ELEMENTS, block_composite
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import lstm_lm_space
 from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
@@ -24,28 +25,78 @@ MODELS = {
 
 
 def soft_step(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss and gradients of one soft-sampled forward and backward of a fresh supernet."""
+    """Loss and gradients of one soft-sampled forward and backward of a fresh supernet, in float64
+    (so that the order of the float sums leaves the gradients equal to about 1e-12)."""
     torch.manual_seed(0)
     net, space = MODELS[name]()
-    prepare_search_(net, space, sampler=GumbelSampler(tau=1.0, seed=0)).train()
-    out = net(*net.example_input(4))
+    prepare_search_(net.double(), space, sampler=GumbelSampler(tau=1.0, seed=0)).train()
+    out = net(*(t.double() if t.is_floating_point() else t for t in net.example_input(4)))
     loss = (out[0] if isinstance(out, tuple) else out).square().mean()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
+def taking_the_pass(monkeypatch) -> list[bool]:
+    """Record, for every weight split into equal blocks in a sampled forward (not the evaluation
+    forwards of preparing a model), whether its groups took the one pass."""
+    taken: list[bool] = []
+
+    def recording(blocks, choices):
+        out = block_composite(blocks, choices)
+        if choices[0].sample is not None:
+            taken.append(out is not None)
+        return out
+    monkeypatch.setattr(search_layers, "block_composite", recording)
+    return taken
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_one_pass_equals_group_by_group(name, monkeypatch):
-    calls = []
-    monkeypatch.setattr(search_layers, "block_composite", lambda *a: calls.append(1) or block_composite(*a))
+    taken = taking_the_pass(monkeypatch)
     loss, grads = soft_step(name)
-    assert calls  # the model has groups that are blocks of one weight, and they took the pass
+    assert taken and all(taken)  # the model's block groups took the pass, every one
     monkeypatch.setattr(search_layers, "block_composite", lambda *a: None)
     loss_by_group, grads_by_group = soft_step(name)
     assert torch.equal(loss, loss_by_group)  # the forward is the same to the bit
     assert grads.keys() == grads_by_group.keys() and any(".theta" in n for n in grads)
     for n, g in grads.items():
-        assert torch.allclose(g, grads_by_group[n], rtol=1e-4, atol=1e-7), n
+        assert torch.allclose(g, grads_by_group[n], rtol=1e-9, atol=1e-12), n
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_large_blocks_by_rows_or_columns_equal_group_by_group(axis, monkeypatch):
+    """Blocks past STACKED_ELEMENTS over their candidates: quantized into one buffer and again in
+    the backward, the gradient of blocks of columns copied into block order."""
+    def step(net):
+        x = torch.randn(8, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        loss = net(x).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    def supernet():
+        torch.manual_seed(0)
+        space = SearchSpace("heads", [1, 2, 4, 8, 32], [GroupRule("*", grouping="head", blocks=4, axis=axis)])
+        net = prepare_search_(torch.nn.Sequential(torch.nn.Linear(256, 256)).double(), space,
+                              sampler=GumbelSampler(tau=1.0, seed=0)).train()
+        assert 5 * net[0].weight.numel() > STACKED_ELEMENTS
+        return net
+
+    taken = taking_the_pass(monkeypatch)
+    loss, grads = step(supernet())
+    assert taken == [True]
+    monkeypatch.setattr(search_layers, "block_composite", lambda *a: None)
+    loss_by_group, grads_by_group = step(supernet())
+    assert torch.equal(loss, loss_by_group)
+    for n, g in grads.items():
+        assert torch.allclose(g, grads_by_group[n], rtol=1e-9, atol=1e-12), n
+
+
+def test_blocks_whose_fit_would_pass_its_memory_bound_go_group_by_group(monkeypatch):
+    blocks = torch.randn(3, 8, 8)
+    monkeypatch.setattr(choice_module, "FIT_BATCH_ELEMENTS", F.fit_pass_elements(3 * 64) - 1)
+    assert block_composite(blocks, _choices(3)) is None
+    monkeypatch.setattr(choice_module, "FIT_BATCH_ELEMENTS", F.fit_pass_elements(3 * 64))
+    assert block_composite(blocks, _choices(3)) is not None
 
 
 def test_the_scales_of_a_weight_are_fitted_once_not_per_group(monkeypatch):
