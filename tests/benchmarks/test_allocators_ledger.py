@@ -98,6 +98,22 @@ def test_fp32_is_retrained_only_when_a_stage_must_run_and_must_match(bench_env):
     plan = other.uniform_plan(tmp / "c" / "avg2" / "uniform2", 2.0, 2)
     with pytest.raises(SystemExit, match="validation perplexity 101.000, the ledger's 100.000"):
         other.finalize(tmp / "c" / "avg2" / "fin-uniform-s1", plan, 1)  # not in the ledger: must run
+    kept = json.loads(json.loads(ledger.read_text())["fp32"]["files"]["metrics.json"])
+    assert kept["val_ppl"] == 100.0  # the ledger keeps the FP32 run every arm relates to
+
+
+def test_a_retrain_that_does_not_reproduce_names_the_threads_of_the_kept_run(bench_env, monkeypatch):
+    alloc, configs, calls, val, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    monkeypatch.setattr(alloc.torch, "get_num_threads", lambda: 2)
+    alloc.Bench(configs, tmp / "runs", ledger).fp32()
+    assert json.loads(ledger.read_text())["fp32"]["threads"] == 2
+    monkeypatch.setattr(alloc.torch, "get_num_threads", lambda: 1)
+    val["ppl"] = 101.0
+    other = alloc.Bench(configs, tmp / "c", ledger)
+    other.fp32()
+    with pytest.raises(SystemExit, match="the kept run used 2 threads, this one 1: set OMP_NUM_THREADS=2"):
+        other.uniform_plan(tmp / "c" / "avg2" / "uniform2", 2.0, 2)  # not in the ledger: needs the model
 
 
 def test_an_interrupted_run_continues_from_its_last_checkpoint(bench_env):
