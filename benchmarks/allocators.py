@@ -32,7 +32,7 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
                            deterministic plans included, is finalized once per seed
 
 Each run directory records the arguments and the digest of the config's settings it was made
-with (bench_run.json), and torch's number of threads; a finished run made with other arguments
+with (bench_run.json), and its environment (torch's threads, versions); a finished run made with other arguments
 or other settings stops the benchmark instead of being reused (an edited comment does not). `--ledger FILE` keeps every
 finished run's small results (plans, sensitivities, metrics) in FILE (benchmarks/results/*.json,
 committed), so the benchmark continues on another machine: kept runs are restored, not rerun,
@@ -142,7 +142,7 @@ class Ledger:
                 (run_dir / name).write_text(entry["files"][name])
         (run_dir / "bench_run.json").write_text(json.dumps(
             {"args": entry["args"], "config_sha256": entry["config_sha256"], "seconds": entry["seconds"],
-             **{k: entry[k] for k in ("threads",) if k in entry}, "restored_from": str(self.path)}) + "\n")
+             **{k: entry[k] for k in ("environment",) if k in entry}, "restored_from": str(self.path)}) + "\n")
 
     def record(self, run_dir: Path, done: dict) -> None:
         """Add a finished run; merged under a lock with what other benchmark processes (other arms
@@ -158,7 +158,7 @@ class Ledger:
                 self.runs.update(json.loads(self.path.read_text()))
             self.runs[self.key(run_dir)] = {"args": args, "config_sha256": done["config_sha256"],
                                             "seconds": done["seconds"], "files": files,
-                                            **{k: done[k] for k in ("threads",) if k in done}}
+                                            **{k: done[k] for k in ("environment",) if k in done}}
             write_atomic(self.path, json.dumps(dict(sorted(self.runs.items())), indent=1) + "\n")
 
 
@@ -169,8 +169,7 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
     error, never reused silently; an unfinished one is resumed. `before_run` is called only when
     the stage really runs (it makes sure the FP32 checkpoint exists); `restore=False` ignores the
     ledger, reading and writing (a run retrained for its checkpoint: the kept entry stays).
-    `threads` records torch's intra-op threads (the stage inherits them): a float sum's order, and
-    so a training run's numbers, depend on them."""
+    `environment` records torch's threads and the versions the stage ran with (`environment()`)."""
     record = run_dir / "bench_run.json"
     config = _config(args)
     if not config.exists():  # no run can have been made with it
@@ -201,12 +200,33 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
     again = restart_flags(run_dir, args)  # an unfinished run continues from its last checkpoint
     subprocess.run([sys.executable, "-m", "nas_mpq.cli", *args, "--run_dir", str(run_dir), *again], check=True)
     done = {"args": args, "config_sha256": digest, "seconds": round(time.perf_counter() - start, 1),
-            "threads": torch.get_num_threads()}
+            "environment": environment()}
     bench.timings[str(run_dir)] = done["seconds"]
     record.write_text(json.dumps(done) + "\n")
     if restore:
         bench.ledger.record(run_dir, done)
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def environment() -> dict:
+    """What a run's numbers depend on besides its config and code: torch's intra-op threads (the
+    stage inherits them; a float sum's order depends on them) and the versions it ran with."""
+    import pytorch_lightning
+
+    return {"threads": torch.get_num_threads(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "pytorch_lightning": pytorch_lightning.__version__}
+
+
+def differences(kept: dict | None) -> str:
+    """How this environment differs from a kept run's, as advice."""
+    if kept is None:
+        return "the kept run did not record its environment (threads, versions), which training may depend on"
+    now = environment()
+    changed = [f"{k} {kept[k]} then, {now.get(k)} now" for k in kept if kept[k] != now.get(k)]
+    if not changed:
+        return "it was made in the same environment (threads, versions): the code differs, or it is not deterministic"
+    hint = f" (set OMP_NUM_THREADS={kept['threads']})" if kept.get("threads") != now["threads"] else ""
+    return "the environment differs: " + ", ".join(changed) + hint
 
 
 def _check_same(run_dir: Path, done: dict, args: list[str], digest: str, where: str) -> None:
@@ -246,19 +266,15 @@ class Bench:
             return
         folder = self.root / "fp32"
         kept = json.loads((folder / "metrics.json").read_text())
-        kept_threads = (self.ledger.entry(folder) or {}).get("threads")
+        kept_environment = (self.ledger.entry(folder) or {}).get("environment")
         (folder / "metrics.json").unlink()
         print(f"retraining the FP32 model ({folder} was restored without its checkpoint)", file=sys.stderr)
         again = self.fp32(restore=False)
         if abs(again["val_ppl"] - kept["val_ppl"]) > 1e-3 * kept["val_ppl"]:
-            threads = (f"the kept run used {kept_threads} threads, this one {torch.get_num_threads()}: set "
-                       f"OMP_NUM_THREADS={kept_threads} and run again, or " if kept_threads not in (None, torch.get_num_threads())
-                       else "training depends on torch's number of threads (OMP_NUM_THREADS), which the kept "
-                            "run did not record: retrain with another, or ")
             raise SystemExit(f"error: the retrained FP32 model has validation perplexity {again['val_ppl']:.3f}, "
                              f"the ledger's {kept['val_ppl']:.3f}: the arms would not share one FP32 model; "
-                             f"{threads}move the ledger {self.ledger.path} away to start the benchmark again "
-                             f"(the ledger keeps its entry; the retrained run is left in {folder})")
+                             f"{differences(kept_environment)}; move the ledger {self.ledger.path} away to start the "
+                             f"benchmark again (the ledger keeps its entry; the retrained run is left in {folder})")
 
     def after_fp32(self, args: list[str], folder: Path) -> dict:
         return stage(args, folder, self, before_run=self.need_fp32_ckpt)

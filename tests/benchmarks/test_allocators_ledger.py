@@ -102,18 +102,23 @@ def test_fp32_is_retrained_only_when_a_stage_must_run_and_must_match(bench_env):
     assert kept["val_ppl"] == 100.0  # the ledger keeps the FP32 run every arm relates to
 
 
-def test_a_retrain_that_does_not_reproduce_names_the_threads_of_the_kept_run(bench_env, monkeypatch):
+def test_a_retrain_that_does_not_reproduce_names_how_the_environment_differs(bench_env, monkeypatch):
     alloc, configs, calls, val, tmp = bench_env
     ledger = tmp / "ledger.json"
     monkeypatch.setattr(alloc.torch, "get_num_threads", lambda: 2)
     alloc.Bench(configs, tmp / "runs", ledger).fp32()
-    assert json.loads(ledger.read_text())["fp32"]["threads"] == 2
+    assert json.loads(ledger.read_text())["fp32"]["environment"]["threads"] == 2
     monkeypatch.setattr(alloc.torch, "get_num_threads", lambda: 1)
     val["ppl"] = 101.0
     other = alloc.Bench(configs, tmp / "c", ledger)
     other.fp32()
-    with pytest.raises(SystemExit, match="the kept run used 2 threads, this one 1: set OMP_NUM_THREADS=2"):
+    with pytest.raises(SystemExit, match=r"the environment differs: threads 2 then, 1 now \(set OMP_NUM_THREADS=2\)"):
         other.uniform_plan(tmp / "c" / "avg2" / "uniform2", 2.0, 2)  # not in the ledger: needs the model
+    monkeypatch.setattr(alloc.torch, "get_num_threads", lambda: 2)
+    same = alloc.Bench(configs, tmp / "d", ledger)
+    same.fp32()
+    with pytest.raises(SystemExit, match="made in the same environment .*: the code differs, or it is not deterministic"):
+        same.uniform_plan(tmp / "d" / "avg2" / "uniform2", 2.0, 2)
 
 
 def test_an_interrupted_run_continues_from_its_last_checkpoint(bench_env):
