@@ -177,8 +177,8 @@ class WeightStats:
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def scale(self, bits: int, iters: int = FIT_ITERS) -> torch.Tensor:
-        """fit_scale(weight, bits, per_channel); per block, fit_scale of each block (its scales
-        are then each block's to the bit on the CPU: every sum is taken as the block's alone)."""
+        """fit_scale(weight, bits, per_channel); per block, fit_scale of each block (on the CPU the
+        very scales each block gets alone, on one thread or several: tests check it)."""
         key = (bits, iters)
         if key not in self._scales:
             a, tiny = self.weight, torch.finfo(self.weight.dtype).tiny
