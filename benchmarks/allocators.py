@@ -65,6 +65,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytorch_lightning
 import torch
 import yaml
 from matplotlib import colormaps
@@ -94,6 +95,9 @@ class NotRun(Exception):
 
 
 KEPT = ("plan.json", "sensitivity.json", "metrics.json")
+RUN_FIELDS = ("config_sha256", "seconds", "environment")
+"""What a run's record holds besides its arguments (bench_run.json and the ledger alike; runs
+recorded before environments were kept have none)."""
 """A finished run's small results, in the order they are restored (metrics.json, the marker, last)."""
 
 
@@ -141,8 +145,8 @@ class Ledger:
             if name in entry["files"]:
                 (run_dir / name).write_text(entry["files"][name])
         (run_dir / "bench_run.json").write_text(json.dumps(
-            {"args": entry["args"], "config_sha256": entry["config_sha256"], "seconds": entry["seconds"],
-             **{k: entry[k] for k in ("environment",) if k in entry}, "restored_from": str(self.path)}) + "\n")
+            {"args": entry["args"], **{k: entry[k] for k in RUN_FIELDS if k in entry},
+             "restored_from": str(self.path)}) + "\n")
 
     def record(self, run_dir: Path, done: dict) -> None:
         """Add a finished run; merged under a lock with what other benchmark processes (other arms
@@ -156,9 +160,8 @@ class Ledger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.path.exists():
                 self.runs.update(json.loads(self.path.read_text()))
-            self.runs[self.key(run_dir)] = {"args": args, "config_sha256": done["config_sha256"],
-                                            "seconds": done["seconds"], "files": files,
-                                            **{k: done[k] for k in ("environment",) if k in done}}
+            self.runs[self.key(run_dir)] = {"args": args, **{k: done[k] for k in RUN_FIELDS if k in done},
+                                            "files": files}
             write_atomic(self.path, json.dumps(dict(sorted(self.runs.items())), indent=1) + "\n")
 
 
@@ -211,8 +214,6 @@ def stage(args: list[str], run_dir: Path, bench: "Bench", before_run=None, resto
 def environment() -> dict:
     """What a run's numbers depend on besides its config and code: torch's intra-op threads (the
     stage inherits them; a float sum's order depends on them) and the versions it ran with."""
-    import pytorch_lightning
-
     return {"threads": torch.get_num_threads(), "python": sys.version.split()[0], "torch": torch.__version__,
             "pytorch_lightning": pytorch_lightning.__version__}
 

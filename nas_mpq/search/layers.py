@@ -187,7 +187,7 @@ class SearchableMixin:
             out = block_composite(blocks, [self.choice(key) for _, key in parts])
             if out is not None:
                 return out.movedim(0, axis).flatten(axis, axis + 1)
-        return torch.cat([self.choice(key).composite(where.of(w)) for where, key in parts], dim=parts[0][0].axis)
+        return torch.cat([self.choice(key).composite(where.of(w)) for where, key in parts], dim=axis)
 
 
 def _equal_blocks(slices: Sequence[GroupSlice], size: int) -> bool:
