@@ -12,6 +12,11 @@ Adam step):
   supernet_by_group
                 the same with every group quantized on its own (the Gumbel noise still drawn
                 for every choice in one pass);
+  supernet_refit8
+                the supernet step with the quantizer scales fitted on every 8th step only and
+                kept in between (SupernetModule's refit_every 8); its ratio (`refit_ratio`) is
+                the mean step over every timed step against FP32's mean, not the median (7 of 8
+                steps fit nothing);
   bilevel       one whole search iteration as SupernetModule runs it: an arch step on a search
                 batch (task loss plus the budget term, clipped) plus a weight step (clipped) and
                 the multiplier's update (two batches, so about twice a step by construction);
@@ -70,7 +75,8 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import BudgetRegularizer, GumbelSampler, SearchSpace, get_sampler, prepare_search_, search_groups
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, MixedPrecisionChoice, SearchSpace, get_sampler,
+                            prepare_search_, search_groups)
 from search_wall import search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -78,6 +84,7 @@ from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
 
 CANDIDATES = [1, 2, 4, 8, 32]
 ARCH_EVERY = (1, 2, 4)
+REFIT_EVERY = 8
 WINDOW = 4
 """Batches per window of the iteration ratios: a multiple of every ARCH_EVERY."""
 Step = Callable[[tuple], None]
@@ -154,6 +161,24 @@ def supernet_by_group_step(s: Setup) -> Step:
         with mock.patch("nas_mpq.search.layers.block_composite", lambda *args: None):
             step(batch)
     return by_group
+
+
+def supernet_refit_step(s: Setup, every: int = REFIT_EVERY) -> Step:
+    """supernet_step with the scales kept while the weights change, fitted again every `every`
+    steps (as SupernetModule's refit_every holds them)."""
+    net, weights, theta = supernet(s)
+    step = train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
+    choices = [m for m in net.modules() if isinstance(m, MixedPrecisionChoice)]
+    steps = itertools.count()
+
+    def refit(batch: tuple) -> None:
+        fresh = next(steps) % every == 0
+        for c in choices:
+            if fresh:
+                c.clear_stats()
+            c.hold_stats = True
+        step(batch)
+    return refit
 
 
 def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
@@ -347,6 +372,7 @@ def main() -> None:
     builders: dict[str, Callable[[], Step]] = {
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
         "supernet_by_group": lambda: supernet_by_group_step(s),
+        f"supernet_refit{REFIT_EVERY}": lambda: supernet_refit_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
         "post_training": lambda: post_training_step(s, search_batch),
     }
@@ -367,7 +393,8 @@ def main() -> None:
             synchronize(device)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-    operators = {name: operators_per_step(steps[name], batches[-1]) for name in memory}  # no every-k: alternates
+    operators = {name: operators_per_step(steps[name], batches[-1]) for name in memory  # no every-k: alternates
+                 if not name.startswith("supernet_refit")}
     median = {name: statistics.median(t) for name, t in times.items()}
     windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
     iterations = {**{f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY},
@@ -383,6 +410,8 @@ def main() -> None:
                        for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
                          for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
+        "refit_ratio": {f"supernet_refit{REFIT_EVERY}": round(statistics.mean(times[f"supernet_refit{REFIT_EVERY}"])
+                                                             / statistics.mean(times["fp32"]), 3)},
         "operators_per_step": operators,
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},

@@ -15,7 +15,7 @@ the plan the search would return now (its argmax, repaired to the budget)."""
 def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ramp_fraction: float,
                           sharpen_from: float, weights_until: float, single_level: bool, train_weights: bool,
                           hard_warmup: bool, dual_lr: float, entropy_weight: float, tau_start: float,
-                          tau_end: float, lam: float, arch_every: int, weights_at: str, plan_from: str,
+                          tau_end: float, lam: float, arch_every: int, weights_at: str, plan_from: str, refit_every: int = 1,
                           probe_steps: int = 300, probe_top: int = 3, **_: Any) -> None:
     """ValueError for a setting out of its range or a combination the search cannot run (the
     module's other arguments are ignored)."""
@@ -46,6 +46,9 @@ def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ram
     if isinstance(arch_every, bool) or not isinstance(arch_every, int) or arch_every < 1:
         raise ValueError(f"arch_every must be a positive integer (the choices step on every arch_every-th "
                          f"training batch), got {arch_every!r}")
+    if isinstance(refit_every, bool) or not isinstance(refit_every, int) or refit_every < 1:
+        raise ValueError(f"refit_every must be a positive integer (the quantizer scales are fitted again on "
+                         f"every refit_every-th training batch), got {refit_every!r}")
     if weights_at not in WEIGHTS_AT:
         raise ValueError(f"weights_at must be one of {WEIGHTS_AT}, got {weights_at!r}")
     if weights_at == "plan" and (single_level or not train_weights or hard_warmup):

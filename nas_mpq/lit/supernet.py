@@ -39,6 +39,13 @@ epoch's validation is then the plan after that much training at it. The plan is 
 after every step on theta (the repair prices bits by the probabilities): a knapsack per step
 (about 40 ms on the flagship LSTM). Not under DDP (the choices are not in the weight step's
 graph), nor with `hard_warmup`.
+`refit_every=k` fits the quantizer scales (ALGORITHMS.md section 1) on every k-th training batch
+of an epoch only and keeps them while the weights move in between [1: every batch, each step's
+scales those of its weights]: the fit is about half of a CPU supernet step's overhead on the
+flagship LSTM. Validation and the derived plan's stages fit on the weights as they are. A run
+resumed in the middle of an epoch fits at its first batch, so its scales differ from an
+uninterrupted run's until the next refit (from an epoch's end, as checkpoints are written, it
+resumes exactly).
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
@@ -97,7 +104,8 @@ class SupernetModule(TaskModule):
                  warmup_fraction: float = 0.1, ramp_fraction: float = 0.25, tau_start: float = 1.0,
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
-                 single_level: bool = False, arch_every: int = 1, min_fill: float | None = None,
+                 single_level: bool = False, arch_every: int = 1, refit_every: int = 1,
+                 min_fill: float | None = None,
                  train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
                  weights_at: str = "sample",
                  plan_from: str = "last", probe_steps: int = 300, probe_top: int = 3,
@@ -242,6 +250,8 @@ class SupernetModule(TaskModule):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         w_opt, a_opt = self.optimizers() if self.hparams.train_weights else (None, self.optimizers())
+        if self.hparams.refit_every > 1:
+            self._hold_scales(refit=batch_idx % self.hparams.refit_every == 0)
         progress = self._progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
         weights_step = w_opt is not None and progress < self.hparams.weights_until
@@ -272,6 +282,22 @@ class SupernetModule(TaskModule):
                            "arch/entropy": self.regularizer.mean_entropy(), "arch/tau": tau,
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
+
+    def _hold_scales(self, refit: bool) -> None:
+        """refit_every > 1: the scales fitted on this step's weights (`refit`) or those fitted last,
+        kept while the weights change; the counter restarts with each epoch."""
+        if refit:
+            self.clear_fitted_scales()
+        for c in self._choices():
+            c.hold_stats = True
+
+    def _release_scales(self) -> None:
+        """Back to scales fitted on the weights as they are (validation, the plan's probes)."""
+        for c in self._choices():
+            c.hold_stats = False
+
+    def on_train_end(self) -> None:
+        self._release_scales()
 
     def _freeze_weights(self) -> None:
         """From `weights_until` on the choices alone move: no weight gradients from then on (also
@@ -305,7 +331,8 @@ class SupernetModule(TaskModule):
         self.manual_backward(loss + self._arch_terms(weight, sharpen) if single else loss)
         self.clip_gradients(w_opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
         w_opt.step()
-        self.clear_fitted_scales()
+        if self.hparams.refit_every == 1:
+            self.clear_fitted_scales()
         if single:
             a_opt.step()
         w_opt.zero_grad()
@@ -314,6 +341,7 @@ class SupernetModule(TaskModule):
 
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._release_scales()
         if self.hparams.plan_from != "last":
             self._validated_plan = self.current_plan()
             self.pin_evaluation(self._validated_plan)

@@ -127,6 +127,11 @@ def _inner(flat_grad: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.bmm(flat_grad.view(n, 1, -1), value.reshape(n, -1, 1)).view(n, *(1,) * (value.dim() - 1))
 
 
+KEPT_STATS = 2
+"""Weights whose fitted scales a choice keeps at once: the blocks of a soft step and the group of
+a pinned one (`weights_at: plan` alternates them every step)."""
+
+
 class MixedPrecisionChoice(nn.Module):
     """A categorical choice over candidate quantizers for one weight group.
 
@@ -147,7 +152,8 @@ class MixedPrecisionChoice(nn.Module):
         self.theta = nn.Parameter(torch.zeros(len(bits))) if len(bits) > 1 else None
         self.sample: torch.Tensor | None = None
         self.pinned: int | None = None  # the candidate evaluation forwards use instead of the argmax
-        self._stats: tuple[tuple, WeightStats | None] | None = None
+        self._stats: dict[tuple, tuple[int, WeightStats]] = {}  # by where the weight lies: (version, stats)
+        self.hold_stats = False  # keep the fitted scales while the weight changes (refit_every)
 
     @property
     def sample(self) -> torch.Tensor | None:
@@ -169,26 +175,31 @@ class MixedPrecisionChoice(nn.Module):
         """The fitted scales of `w` shared by every candidate (None when they disagree on
         per_channel or none uses them), kept until `w` changes (its version counter) or
         `clear_stats` is called: the search step on the choices and the weight step that follows
-        it fit each weight once, not twice (where both quantize the same way: a soft step's
-        blocks and a pinned step's groups are kept apart, one at a time). The widths of this
-        forward's candidates are fitted together in one pass. `per_block`: `w` holds the equal
-        blocks of this group and its siblings (`block_composite`), one scale each."""
+        it fit each weight once, not twice. A soft step's blocks and a pinned step's groups are
+        kept side by side (the two most recent weights). The widths of this forward's candidates
+        are fitted together in one pass. `per_block`: `w` holds the equal blocks of this group and
+        its siblings (`block_composite`), one scale each. With `hold_stats` set the scales are
+        kept while the weight changes too, until `clear_stats` (the search's `refit_every`); a
+        width not fitted yet is then fitted on the weight as it is."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
         widths = [self.quantizers[k].bits for k in self.active_candidates() if self.quantizers[k].uses_stats]
         if w.is_inference():  # no version counter to key on: fit afresh
             return WeightStats(w, modes.pop(), widths, per_block)
-        key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, w.device, per_block)
-        if self._stats is None or self._stats[0] != key:
-            self._stats = (key, WeightStats(w, modes.pop(), widths, per_block))
-        return self._stats[1]
+        place = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device, per_block)
+        kept = self._stats.get(place)
+        if kept is None or (kept[0] != w._version and not self.hold_stats):
+            kept = self._stats[place] = (w._version, WeightStats(w, modes.pop(), widths, per_block))
+            while len(self._stats) > KEPT_STATS:
+                del self._stats[next(iter(self._stats))]
+        return kept[1]
 
     def clear_stats(self) -> None:
         """Forget the kept scales. Changes that bypass the version counter (fused optimizers,
         writes through `.data`) do not invalidate them, so a training loop clears them after
-        every weight step."""
-        self._stats = None
+        every weight step (or every `refit_every`-th, holding them in between)."""
+        self._stats = {}
 
     def probs(self) -> torch.Tensor:
         """pi = softmax(theta) (ones for a single candidate)."""

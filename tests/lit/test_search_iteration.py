@@ -1,5 +1,6 @@
 """What one iteration of the supernet search costs: no tensor read back to the host per weight
-group, and `arch_every` (the choices' step on every k-th training batch only)."""
+group, `arch_every` (the choices' step on every k-th training batch only) and `refit_every` (the
+quantizer scales fitted on every k-th batch only)."""
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from conftest import host_reads, tiny_lm
 from nas_mpq.data import LMDataModule
 from nas_mpq.lit import SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
+from nas_mpq.quant import functional
 from nas_mpq.search import choice
 
 
@@ -98,3 +100,45 @@ def test_arch_every_must_be_a_positive_integer(bad):
         SupernetModule(tiny_lm(), arch_every=bad)
     with pytest.raises(ValueError, match="arch_every=2 needs the bi-level search"):
         SupernetModule(tiny_lm(), arch_every=2, single_level=True)
+
+
+class Fits(pl.Callback):
+    """The training batches (index in the search) during which a quantizer scale was fitted."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.fitted: set[int] = set()
+        self.current: int | None = None
+        fit = functional._fit
+
+        def counted(*args, **kwargs):
+            if self.current is not None:
+                self.fitted.add(self.current)
+            return fit(*args, **kwargs)
+        monkeypatch.setattr(functional, "_fit", counted)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.current = module.training_batch_index(batch_idx)
+
+    def on_train_batch_end(self, *args) -> None:
+        self.current = None
+
+
+@pytest.mark.parametrize("refit_every", [1, 3])
+def test_refit_every_fits_the_scales_on_every_kth_batch_of_an_epoch(corpus_dir, monkeypatch, refit_every):
+    fits = Fits(monkeypatch)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.1,
+                            refit_every=refit_every, hard_below=None, seed=0)
+    pl.seed_everything(0)
+    pl.Trainer(max_epochs=2, limit_train_batches=7, limit_val_batches=2, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+               callbacks=[fits]).fit(module, datamodule=LMDataModule(str(corpus_dir), max_vocab=200, batch_size=8,
+                                                                     eval_batch_size=4, bptt=12))
+    expected = [e * 7 + i for e in range(2) for i in range(7) if i % refit_every == 0]
+    assert sorted(fits.fitted) == expected  # 0, 3, 6, then from the second epoch's start 7, 10, 13
+    assert not any(c.hold_stats for c in module._choices())  # validation and what follows fit afresh
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True])
+def test_refit_every_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=rf"refit_every must be a positive integer .* got {bad!r}"):
+        SupernetModule(tiny_lm(), refit_every=bad)

@@ -159,6 +159,33 @@ def test_shared_scales_follow_the_weight_and_clear_on_request():
         assert torch.equal(choice.shared_stats(rows).scale(4), fit_scale(rows, 4))
 
 
+def test_held_scales_survive_weight_changes_until_cleared():
+    """hold_stats (the search's refit_every): the scales fitted last stay while the weight moves;
+    clear_stats fits again; a weight's blocks and one of its groups are kept side by side."""
+    from nas_mpq.quant import make_quantizer
+    from nas_mpq.quant.functional import fit_scale
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 8))
+    choice = MixedPrecisionChoice([make_quantizer(b, w) for b in (1, 4, 32)])
+    choice.hold_stats = True
+    first = choice.shared_stats(w)
+    before = fit_scale(w, 4)
+    assert torch.equal(first.scale(4), before)
+    blocks = w.unflatten(0, (2, 8))
+    by_block = choice.shared_stats(blocks, per_block=True)
+    with torch.no_grad():
+        w.mul_(3.0)
+    assert choice.shared_stats(w) is first and torch.equal(choice.shared_stats(w).scale(4), before)
+    assert choice.shared_stats(blocks, per_block=True) is by_block  # both kept
+    choice.hold_stats = False  # the version counter counts again: a fresh fit
+    assert torch.equal(choice.shared_stats(w).scale(4), fit_scale(w, 4))
+    choice.hold_stats = True
+    with torch.no_grad():
+        w.mul_(2.0)
+    choice.clear_stats()
+    assert torch.equal(choice.shared_stats(w).scale(4), fit_scale(w, 4))
+
+
 @pytest.mark.parametrize("method", ["uniform", "lsq"])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_composite_equals_the_sum_of_separately_quantized_candidates_exactly(method, per_channel):
