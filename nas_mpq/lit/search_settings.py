@@ -15,7 +15,8 @@ the plan the search would return now (its argmax, repaired to the budget)."""
 def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ramp_fraction: float,
                           sharpen_from: float, weights_until: float, single_level: bool, train_weights: bool,
                           hard_warmup: bool, dual_lr: float, entropy_weight: float, tau_start: float,
-                          tau_end: float, lam: float, arch_every: int, weights_at: str, plan_from: str, refit_every: int = 1,
+                          tau_end: float, lam: float, arch_every: int, weights_at: str, plan_from: str,
+                          penalty: str = "lagrange", dual_kp: float = 0.0, refit_every: int = 1,
                           probe_steps: int = 300, probe_top: int = 3, **_: Any) -> None:
     """ValueError for a setting out of its range or a combination the search cannot run (the
     module's other arguments are ignored)."""
@@ -36,7 +37,10 @@ def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ram
         raise ValueError(f"hard_warmup=True trains the weights on sampled plans during the warm-up; it needs "
                          f"warmup_fraction > 0 and train_weights=True, got warmup_fraction={warmup_fraction}, "
                          f"train_weights={train_weights}")
-    for name, v in (("dual_lr", dual_lr), ("entropy_weight", entropy_weight)):
+    if dual_kp != 0.0 and penalty != "lagrange":
+        raise ValueError(f"dual_kp={dual_kp} is a part of the Lagrange multiplier's weight; it needs "
+                         f"penalty='lagrange', got penalty={penalty!r}")
+    for name, v in (("dual_lr", dual_lr), ("dual_kp", dual_kp), ("entropy_weight", entropy_weight)):
         if not v >= 0.0:
             raise ValueError(f"{name} must be non-negative, got {v}")
     if tau_start <= 0 or tau_end <= 0:

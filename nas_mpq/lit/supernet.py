@@ -14,7 +14,10 @@ The algorithm as built (defaults in brackets):
      larger of E[S]/S_T and the argmax plan's S/S_T (from `sharpen_from` on, the argmax plan's
      alone): it pushes bits down while the plan is over budget and (below 0) up while it stays
      under [`penalty: lagrange`, dual_lr 0.05]; once per step on theta, so `arch_every` does not
-     change its step size (the schedules follow the progress through the search);
+     change its step size (the schedules follow the progress through the search); the term's
+     weight is mu plus `dual_kp` (r - 1) with r measured at that step [dual_kp 0]: a
+     proportional part that answers the gap at once, where mu answers it only as it accumulates
+     (and overshoots: the argmax plan crosses the budget while mu is still far from its end value);
 - the temperature anneals geometrically tau_start -> tau_end [1.0 -> 0.2], with hard
   (straight-through one-hot) samples once tau < hard_below [0.5]; from `sharpen_from` [60 %] of
   the steps an entropy term (size-weighted: sum_g n_g H(pi_g) / sum_g n_g) ramping to
@@ -100,7 +103,7 @@ class SupernetModule(TaskModule):
                  budget: Budget = Budget("avg_bits", 2.0),
                  optimizer: OptimizerFactory = _default_weight_optimizer,
                  arch_optimizer: OptimizerFactory = _default_arch_optimizer,
-                 penalty: str = "lagrange", dual_lr: float = 0.05, lam: float = 5.0,
+                 penalty: str = "lagrange", dual_lr: float = 0.05, dual_kp: float = 0.0, lam: float = 5.0,
                  warmup_fraction: float = 0.1, ramp_fraction: float = 0.25, tau_start: float = 1.0,
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
@@ -206,13 +209,17 @@ class SupernetModule(TaskModule):
 
     def schedule(self, p: float) -> tuple[float, float | torch.Tensor, bool, float]:
         """(tau, budget weight, arch_active, entropy weight) at progress p in [0, 1]. The budget
-        weight is the multiplier mu (lagrange; a copy of its buffer, on its device) or lambda ramped
-        linearly after the warm-up."""
+        weight is the multiplier mu (lagrange; a copy of its buffer, on its device) plus
+        `dual_kp` times the gap it integrates (r - 1, measured now), or lambda ramped linearly after
+        the warm-up."""
         h = self.hparams
         tau = h.tau_start * (h.tau_end / h.tau_start) ** p
         active = p >= h.warmup_fraction
         if h.penalty == "lagrange":
             weight = self.dual.clone()
+            if h.dual_kp > 0 and active:  # the proportional part: the gap the multiplier integrates, now
+                gap = self.regularizer.dual_gap(on_argmax=p >= h.sharpen_from)
+                weight = weight + h.dual_kp * gap.to(weight.dtype)
         else:
             ramp = 1.0 if h.ramp_fraction == 0 else min(max((p - h.warmup_fraction) / h.ramp_fraction, 0.0), 1.0)
             weight = h.lam * ramp

@@ -93,20 +93,25 @@ class BudgetRegularizer:
         return weight * (gap.clamp_min(0.0) if self.kind == "one_sided" else gap) ** 2
 
     @torch.no_grad()
-    def update_dual(self, mu: float | torch.Tensor, lr: float, argmax_ratio: float | torch.Tensor | None = None,
-                    on_argmax: bool = False) -> torch.Tensor:
-        """One dual-ascent step `mu + lr (r - 1)`, a float64 scalar. r is the larger of E[measure]
-        and the argmax plan's measure over S_T (`argmax_ratio`, computed when not given): the
-        multiplier grows while either is over budget and falls once both are inside, below 0 while
-        they stay under it (then the term pays for bits). `on_argmax` (the search's last phase)
-        uses the argmax plan's ratio alone, both ways: the multiplier moves until the plan the
-        search returns fills the budget, not only its expectation. Tensors stay on their device."""
+    def dual_gap(self, argmax_ratio: float | torch.Tensor | None = None, on_argmax: bool = False) -> torch.Tensor:
+        """r - 1, a float64 scalar on the choices' device: r is the larger of E[measure] and the
+        argmax plan's measure over S_T (`argmax_ratio`, computed when not given), or with
+        `on_argmax` (the search's last phase) the argmax plan's alone, both ways."""
         if argmax_ratio is None:
             argmax_ratio = self.argmax_measure() / self.capacity
         r = torch.as_tensor(argmax_ratio, dtype=torch.float64)
         if not on_argmax:
             r = torch.maximum(self.ratio().double(), r)
-        return mu + lr * (r - 1.0)
+        return r - 1.0
+
+    def update_dual(self, mu: float | torch.Tensor, lr: float, argmax_ratio: float | torch.Tensor | None = None,
+                    on_argmax: bool = False) -> torch.Tensor:
+        """One dual-ascent step `mu + lr (r - 1)` (`dual_gap`), a float64 scalar: the multiplier
+        grows while the plan or its expectation is over budget and falls once both are inside,
+        below 0 while they stay under it (then the term pays for bits); with `on_argmax` it moves
+        until the plan the search returns fills the budget, not only its expectation. Tensors
+        stay on their device."""
+        return mu + lr * self.dual_gap(argmax_ratio, on_argmax)
 
     @torch.no_grad()
     def init_prior_(self, fill: float = 1.0, base: list[torch.Tensor] | None = None) -> float:
