@@ -15,8 +15,8 @@ Adam step):
   supernet_refit8
                 the supernet step with the quantizer scales fitted on every 8th step only and
                 kept in between (SupernetModule's refit_every 8); its ratio (`refit_ratio`) is
-                the mean step over every timed step against FP32's mean, not the median (7 of 8
-                steps fit nothing);
+                its mean step over whole periods of 8 timed steps against FP32's mean over the
+                same steps, not the median (7 of 8 steps fit nothing; --steps 24 holds two);
   bilevel       one whole search iteration as SupernetModule runs it: an arch step on a search
                 batch (task loss plus the budget term, clipped) plus a weight step (clipped) and
                 the multiplier's update (two batches, so about twice a step by construction);
@@ -348,6 +348,18 @@ def window_means(times: list[float]) -> list[float]:
     return [statistics.fmean(times[i:i + WINDOW]) for i in range(0, len(times) - WINDOW + 1, WINDOW)]
 
 
+def refit_ratio(refit: list[float], fp32: list[float], warmup: int) -> float | None:
+    """Mean time of the refit configuration's timed steps over whole refit periods (each starting
+    at a step that fits: the warm-up's steps count too) against FP32's mean over the same steps;
+    None when the timed steps hold no whole period."""
+    first = -warmup % REFIT_EVERY
+    n = (len(refit) - first) // REFIT_EVERY * REFIT_EVERY
+    if n <= 0:
+        return None
+    span = slice(first, first + n)
+    return round(statistics.mean(refit[span]) / statistics.mean(fp32[span]), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="lstm_lm", choices=["lstm_lm", "transformer_lm", "cnn"])
@@ -410,8 +422,8 @@ def main() -> None:
                        for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
                          for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
-        "refit_ratio": {f"supernet_refit{REFIT_EVERY}": round(statistics.mean(times[f"supernet_refit{REFIT_EVERY}"])
-                                                             / statistics.mean(times["fp32"]), 3)},
+        "refit_ratio": {f"supernet_refit{REFIT_EVERY}": refit_ratio(times[f"supernet_refit{REFIT_EVERY}"],
+                                                                    times["fp32"], args.warmup)},
         "operators_per_step": operators,
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},

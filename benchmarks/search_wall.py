@@ -3,8 +3,9 @@ size and the same number of epochs, both as Lightning runs of the quick LSTM con
 (configs/shakespeare_lstm/quick.yaml: 2 x 128 LSTM, 2k vocabulary, batches 32 x 35; the FP32 run
 as its pretrain stage, the search as its search stage, validation included in both). The search
 runs once per `arch_every` asked for; the runs are interleaved round by round (FP32, then each
-search), so machine noise hits them alike; then the post-training search (train_weights false,
-no warm-up), the same epochs. Prints JSON.
+search), so machine noise hits them alike; then the search with its scales fitted on every 8th
+batch only (refit_every 8, arch_every 1) and the post-training search (train_weights false, no
+warm-up), the same epochs. Prints JSON.
 
     python benchmarks/search_wall.py [--epochs 1] [--limit_batches N] [--rounds 3] [--accelerator cpu|gpu]
 """
@@ -27,6 +28,7 @@ from nas_mpq.lit import TaskModule, TrainModule, SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
 
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_lstm" / "quick.yaml"
+REFIT_EVERY = 8
 
 
 def build(spec: dict[str, Any], **extra: Any) -> Any:
@@ -72,7 +74,7 @@ def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: 
     data = LMDataModule(**cfg["data"])
     modules = _modules(cfg, data.vocab_size)  # the corpus is read and encoded here, before any timing
     seconds: dict[str, list[float]] = {"fp32": [], **{f"search_arch_every_{k}": [] for k in arch_every},
-                                       "search_post_training": []}
+                                       f"search_refit_every_{REFIT_EVERY}": [], "search_post_training": []}
     for _ in range(rounds):
         pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
         seconds["fp32"].append(_fit_seconds(modules["fp32"](), cfg["pretrain"]["trainer"], data, epochs,
@@ -81,6 +83,10 @@ def search_wall_time(epochs: int = 1, limit_batches: int | None = None, rounds: 
             pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
             seconds[f"search_arch_every_{k}"].append(_fit_seconds(modules["search"](k), cfg["search"]["trainer"],
                                                                   data, epochs, limit_batches, accelerator))
+        pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
+        seconds[f"search_refit_every_{REFIT_EVERY}"].append(_fit_seconds(
+            modules["search"](1, refit_every=REFIT_EVERY), cfg["search"]["trainer"], data, epochs, limit_batches,
+            accelerator))
         pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
         post_training = modules["search"](1, train_weights=False, warmup_fraction=0.0)
         seconds["search_post_training"].append(_fit_seconds(post_training, cfg["search"]["trainer"], data, epochs,

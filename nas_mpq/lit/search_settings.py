@@ -2,6 +2,7 @@
 together; checked before any training, each error naming the bad value and what would be valid."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 PLAN_FROM = ("best_val", "last", "probe")
@@ -41,8 +42,8 @@ def check_search_settings(*, min_fill: float | None, warmup_fraction: float, ram
         raise ValueError(f"dual_kp={dual_kp} is a part of the Lagrange multiplier's weight; it needs "
                          f"penalty='lagrange', got penalty={penalty!r}")
     for name, v in (("dual_lr", dual_lr), ("dual_kp", dual_kp), ("entropy_weight", entropy_weight)):
-        if not v >= 0.0:
-            raise ValueError(f"{name} must be non-negative, got {v}")
+        if not 0.0 <= v < math.inf:
+            raise ValueError(f"{name} must be non-negative and finite, got {v}")
     if tau_start <= 0 or tau_end <= 0:
         raise ValueError(f"temperatures must be positive, got tau_start={tau_start}, tau_end={tau_end}")
     if lam < 0:

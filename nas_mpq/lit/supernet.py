@@ -42,10 +42,13 @@ epoch's validation is then the plan after that much training at it. The plan is 
 after every step on theta (the repair prices bits by the probabilities): a knapsack per step
 (about 40 ms on the flagship LSTM). Not under DDP (the choices are not in the weight step's
 graph), nor with `hard_warmup`.
-`refit_every=k` fits the quantizer scales (ALGORITHMS.md section 1) on every k-th training batch
-of an epoch only and keeps them while the weights move in between [1: every batch, each step's
-scales those of its weights]: the fit is about half of a CPU supernet step's overhead on the
-flagship LSTM. Validation and the derived plan's stages fit on the weights as they are. A run
+`refit_every=k` fits the quantizer scales (ALGORITHMS.md section 1) once per k training batches of
+an epoch and keeps them while the weights move in between [1: every batch, each step's scales
+those of its weights]: they are forgotten at every k-th batch and fitted, for every candidate
+width at once, where a weight is next quantized that way (soft blocks, a pinned group), so hard
+samples and a changing plan fit nothing more. The fit is about half of a CPU supernet step's
+overhead on the flagship LSTM. Validation and the derived plan's stages fit on the weights as
+they are. A run
 resumed in the middle of an epoch fits at its first batch, so its scales differ from an
 uninterrupted run's until the next refit (from an epoch's end, as checkpoints are written, it
 resumes exactly).
@@ -209,17 +212,13 @@ class SupernetModule(TaskModule):
 
     def schedule(self, p: float) -> tuple[float, float | torch.Tensor, bool, float]:
         """(tau, budget weight, arch_active, entropy weight) at progress p in [0, 1]. The budget
-        weight is the multiplier mu (lagrange; a copy of its buffer, on its device) plus
-        `dual_kp` times the gap it integrates (r - 1, measured now), or lambda ramped linearly after
-        the warm-up."""
+        weight is the multiplier mu (lagrange; a copy of its buffer, on its device; the arch step
+        adds `dual_kp` (r - 1)) or lambda ramped linearly after the warm-up."""
         h = self.hparams
         tau = h.tau_start * (h.tau_end / h.tau_start) ** p
         active = p >= h.warmup_fraction
         if h.penalty == "lagrange":
             weight = self.dual.clone()
-            if h.dual_kp > 0 and active:  # the proportional part: the gap the multiplier integrates, now
-                gap = self.regularizer.dual_gap(on_argmax=p >= h.sharpen_from)
-                weight = weight + h.dual_kp * gap.to(weight.dtype)
         else:
             ramp = 1.0 if h.ramp_fraction == 0 else min(max((p - h.warmup_fraction) / h.ramp_fraction, 0.0), 1.0)
             weight = h.lam * ramp
@@ -249,19 +248,25 @@ class SupernetModule(TaskModule):
         batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
         return self.trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
-    def _arch_terms(self, weight: float, sharpen: float) -> torch.Tensor:
-        """The budget term, and the entropy term once the search sharpens its choices."""
-        quadratic = self.hparams.lam if self.hparams.penalty == "lagrange" else 0.0
+    def _arch_terms(self, weight: float | torch.Tensor, sharpen: float) -> torch.Tensor:
+        """The budget term, and the entropy term once the search sharpens its choices. Under
+        `lagrange` the budget term's weight is mu plus `dual_kp` (r - 1), the gap the multiplier
+        integrates measured now (before this step on theta)."""
+        h = self.hparams
+        quadratic = h.lam if h.penalty == "lagrange" else 0.0
+        if h.dual_kp > 0 and isinstance(weight, torch.Tensor):
+            gap = self.regularizer.dual_gap(on_argmax=self._progress >= h.sharpen_from)
+            weight = weight + h.dual_kp * gap.to(weight.dtype)
         terms = self.regularizer.penalty(weight, quadratic)
         return terms + sharpen * self.regularizer.size_weighted_entropy() if sharpen > 0 else terms
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor | None:
         w_opt, a_opt = self.optimizers() if self.hparams.train_weights else (None, self.optimizers())
-        if self.hparams.refit_every > 1:
-            self._hold_scales(refit=batch_idx % self.hparams.refit_every == 0)
         progress = self._progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
         weights_step = w_opt is not None and progress < self.hparams.weights_until
+        if self.hparams.refit_every > 1:  # frozen weights keep their one fit
+            self._hold_scales(refit=weights_step and batch_idx % self.hparams.refit_every == 0)
         if w_opt is not None and not weights_step:
             self._freeze_weights()
         self.sampler.tau = tau
@@ -299,7 +304,10 @@ class SupernetModule(TaskModule):
             c.hold_stats = True
 
     def _release_scales(self) -> None:
-        """Back to scales fitted on the weights as they are (validation, the plan's probes)."""
+        """Back to scales fitted on the weights as they are (validation, the plan's probes): the
+        held ones forgotten (a fused optimizer's step leaves the version counters as they were)."""
+        if self.hparams.refit_every > 1:
+            self.clear_fitted_scales()
         for c in self._choices():
             c.hold_stats = False
 

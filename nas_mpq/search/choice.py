@@ -33,7 +33,7 @@ class CompositeWeight(torch.autograd.Function):
     whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
 
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
-    dL/dy_k = <G, Q_k(w)>. Quantizers with the identity STE and no parameters contribute `y_k G`
+    dL/dy_k = <G, Q_k(w)>, and none where y needs no gradient (a pinned plan, the argmax). Quantizers with the identity STE and no parameters contribute `y_k G`
     to dL/dw directly; the others (LSQ, pruning) are re-run under autograd so their own gradients
     (and those of their parameters, passed as `params`) come out exactly."""
 
@@ -62,9 +62,12 @@ class CompositeWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        need_y = ctx.needs_input_grad[1]  # not for a pinned plan or the argmax (y a constant one-hot)
         if len(ctx.saved_tensors) == 3:  # the stacked forward kept every candidate's value
             w, y, values = ctx.saved_tensors
             grad_w = grad * y.sum(0) if ctx.needs_input_grad[0] else None
+            if not need_y:
+                return (grad_w, None, None, None, None)
             if y.dim() == 1:
                 grad_y = values.reshape(len(y), -1) @ grad.reshape(-1)
             else:  # one number per candidate and block: (N, K, M) @ (N, M, 1)
@@ -84,20 +87,22 @@ class CompositeWeight(torch.autograd.Function):
         scratch = torch.empty_like(w) if identity else None
         for k, q in enumerate(quantizers):
             if q.identity_grad:
-                grad_y[k] = _inner(flat_grad, q.value(w, stats, scratch))
+                if need_y:  # every candidate's value, for dL/dy_k
+                    grad_y[k] = _inner(flat_grad, q.value(w, stats, scratch))
                 continue
             with torch.enable_grad():
                 w_leaf = w.detach().requires_grad_(True)
                 own = [p for p in q.parameters() if p.requires_grad]
                 q_w = q(w_leaf)
                 grads = torch.autograd.grad(q_w, [w_leaf, *own], grad * y[k], allow_unused=True)
-            grad_y[k] = _inner(flat_grad, q_w.detach())
+            if need_y:
+                grad_y[k] = _inner(flat_grad, q_w.detach())
             if grad_w is not None and grads[0] is not None:
                 grad_w = grad_w + grads[0]
             for p, g in zip(own, grads[1:]):
                 if g is not None:
                     grad_params[id(p)] = g
-        return (grad_w, grad_y, None, None, None, *[grad_params.get(id(p)) for p in params])
+        return (grad_w, grad_y if need_y else None, None, None, None, *[grad_params.get(id(p)) for p in params])
 
 
 STACKED_ELEMENTS = 1 << 18
@@ -176,23 +181,27 @@ class MixedPrecisionChoice(nn.Module):
         per_channel or none uses them), kept until `w` changes (its version counter) or
         `clear_stats` is called: the search step on the choices and the weight step that follows
         it fit each weight once, not twice. A soft step's blocks and a pinned step's groups are
-        kept side by side (the two most recent weights). The widths of this forward's candidates
+        kept side by side (the two weights used last). The widths of this forward's candidates
         are fitted together in one pass. `per_block`: `w` holds the equal blocks of this group and
         its siblings (`block_composite`), one scale each. With `hold_stats` set the scales are
-        kept while the weight changes too, until `clear_stats` (the search's `refit_every`); a
-        width not fitted yet is then fitted on the weight as it is."""
+        kept while the weight changes too, until `clear_stats` (the search's `refit_every`), and
+        every candidate's width is fitted at once, so a hard sample of another width fits nothing.
+        A temporary `w` (an embedding's looked-up rows: neither a parameter nor a view of one)
+        is fitted afresh, never kept: another batch's rows could take its place in memory."""
         modes = {q.per_channel for q in self.quantizers}
         if not any(q.uses_stats for q in self.quantizers) or len(modes) != 1:
             return None
-        widths = [self.quantizers[k].bits for k in self.active_candidates() if self.quantizers[k].uses_stats]
-        if w.is_inference():  # no version counter to key on: fit afresh
+        every = range(len(self.quantizers)) if self.hold_stats else self.active_candidates()
+        widths = [self.quantizers[k].bits for k in every if self.quantizers[k].uses_stats]
+        if w.is_inference() or not isinstance(w if w._base is None else w._base, nn.Parameter):
             return WeightStats(w, modes.pop(), widths, per_block)
         place = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device, per_block)
-        kept = self._stats.get(place)
+        kept = self._stats.pop(place, None)
         if kept is None or (kept[0] != w._version and not self.hold_stats):
-            kept = self._stats[place] = (w._version, WeightStats(w, modes.pop(), widths, per_block))
-            while len(self._stats) > KEPT_STATS:
-                del self._stats[next(iter(self._stats))]
+            kept = (w._version, WeightStats(w, modes.pop(), widths, per_block))
+        self._stats[place] = kept  # the last used goes last, the first is forgotten first
+        while len(self._stats) > KEPT_STATS:
+            del self._stats[next(iter(self._stats))]
         return kept[1]
 
     def clear_stats(self) -> None:

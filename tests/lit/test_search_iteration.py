@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from conftest import host_reads, tiny_lm
 from nas_mpq.data import LMDataModule
@@ -103,31 +104,50 @@ def test_arch_every_must_be_a_positive_integer(bad):
 
 
 class Fits(pl.Callback):
-    """The training batches (index in the search) during which a quantizer scale was fitted."""
+    """The training batches (index in the search) during which quantizer scales were fitted (a
+    weight's WeightStats made, or a width fitted), and the validations (by epoch) that fitted some."""
 
     def __init__(self, monkeypatch) -> None:
         self.fitted: set[int] = set()
-        self.current: int | None = None
-        fit = functional._fit
+        self.validations: set[int] = set()
+        self.current: int | tuple[str, int] | None = None
+        for owner, name in ((functional.WeightStats, "__init__"), (functional, "_fit")):
+            monkeypatch.setattr(owner, name, self._counted(getattr(owner, name)))
 
+    def _counted(self, fit):
         def counted(*args, **kwargs):
-            if self.current is not None:
+            if isinstance(self.current, int):
                 self.fitted.add(self.current)
+            elif self.current is not None:
+                self.validations.add(self.current[1])
             return fit(*args, **kwargs)
-        monkeypatch.setattr(functional, "_fit", counted)
+        return counted
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self.current = module.training_batch_index(batch_idx)
 
+    def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.current = ("val", trainer.current_epoch)
+
     def on_train_batch_end(self, *args) -> None:
         self.current = None
 
+    def on_validation_batch_end(self, *args) -> None:
+        self.current = None
 
-@pytest.mark.parametrize("refit_every", [1, 3])
-def test_refit_every_fits_the_scales_on_every_kth_batch_of_an_epoch(corpus_dir, monkeypatch, refit_every):
+
+@pytest.mark.parametrize("refit_every, settings", [
+    (1, {}),
+    (3, {}),
+    (3, {"hard_below": 10.0}),  # hard samples of changing widths: every width fitted at the refit
+    # soft blocks for the choices, the pinned plan's groups for the weights, both kept; a fused step
+    # leaves the version counters as they were, so validation fits afresh only if the held are dropped
+    (3, {"weights_at": "plan", "optimizer": lambda p: torch.optim.Adam(p, lr=2e-3, fused=True)}),
+])
+def test_refit_every_fits_the_scales_on_every_kth_batch_of_an_epoch(corpus_dir, monkeypatch, refit_every, settings):
     fits = Fits(monkeypatch)
-    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.1,
-                            refit_every=refit_every, hard_below=None, seed=0)
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.0,
+                            refit_every=refit_every, **{"hard_below": None, **settings}, seed=0)
     pl.seed_everything(0)
     pl.Trainer(max_epochs=2, limit_train_batches=7, limit_val_batches=2, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -135,7 +155,8 @@ def test_refit_every_fits_the_scales_on_every_kth_batch_of_an_epoch(corpus_dir, 
                                                                      eval_batch_size=4, bptt=12))
     expected = [e * 7 + i for e in range(2) for i in range(7) if i % refit_every == 0]
     assert sorted(fits.fitted) == expected  # 0, 3, 6, then from the second epoch's start 7, 10, 13
-    assert not any(c.hold_stats for c in module._choices())  # validation and what follows fit afresh
+    assert fits.validations == {0, 1}  # every validation fits on the weights as they are
+    assert not any(c.hold_stats for c in module._choices())
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.0, True])

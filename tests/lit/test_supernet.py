@@ -142,11 +142,16 @@ def test_dual_kp_adds_the_gap_now_to_the_multiplier():
     module.dual.fill_(0.25)
     reg = module.regularizer
     for p, on_argmax in ((0.3, False), (0.9, True)):  # before sharpen_from: max(E, argmax); then argmax alone
+        module._progress = p
         _, weight, active, _ = module.schedule(p)
-        assert active and float(weight) == pytest.approx(0.25 + 3.0 * float(reg.dual_gap(on_argmax=on_argmax)))
-    assert float(module.schedule(0.9)[1]) == pytest.approx(0.25 + 3.0 * (0.5 - 1.0), rel=1e-3)  # argmax all 1 bit
-    assert module.schedule(0.05)[1] == 0.0  # the warm-up: no budget term
-    assert float(SupernetModule(tiny_lm(vocab=60, dim=8)).schedule(0.9)[1]) == 0.0  # default: mu alone
+        assert active and float(weight) == 0.25  # the multiplier; the arch step adds the gap
+        expected = reg.penalty(0.25 + 3.0 * float(reg.dual_gap(on_argmax=on_argmax)), module.hparams.lam)
+        assert float(module._arch_terms(weight, 0.0)) == pytest.approx(float(expected))
+    assert float(reg.dual_gap(on_argmax=True)) == pytest.approx(0.5 - 1.0, rel=1e-3)  # the prior's argmax: 1 bit
+    plain = SupernetModule(tiny_lm(vocab=60, dim=8), budget=Budget("avg_bits", 2.0))
+    plain.dual.fill_(0.25)
+    plain._progress = 0.9
+    assert float(plain._arch_terms(plain.dual.clone(), 0.0)) == pytest.approx(float(plain.regularizer.penalty(0.25, 5.0)))
 
 
 @pytest.mark.slow
@@ -175,8 +180,9 @@ def test_bad_input_before_training():
         SupernetModule(tiny_lm(), space=SpaceConfig(name="vit"))
     with pytest.raises(ValueError, match="warmup_fraction"):
         SupernetModule(tiny_lm(), warmup_fraction=1.5)
-    with pytest.raises(ValueError, match=r"dual_kp must be non-negative, got -1.0"):
-        SupernetModule(tiny_lm(), dual_kp=-1.0)
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match=rf"dual_kp must be non-negative and finite, got {bad}"):
+            SupernetModule(tiny_lm(), dual_kp=bad)
     with pytest.raises(ValueError, match=r"dual_kp=2.0 .* needs penalty='lagrange', got penalty='one_sided'"):
         SupernetModule(tiny_lm(), dual_kp=2.0, penalty="one_sided")
     # a compute budget below the smallest plan: 1-bit weights, 2-bit inputs where they are searched

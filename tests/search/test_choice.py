@@ -159,6 +159,26 @@ def test_shared_scales_follow_the_weight_and_clear_on_request():
         assert torch.equal(choice.shared_stats(rows).scale(4), fit_scale(rows, 4))
 
 
+def test_backward_quantizes_no_candidate_when_the_pick_is_a_constant(monkeypatch):
+    """The argmax (or a pinned plan) mixes one candidate by a constant one-hot: the backward
+    needs no dL/dy, so it quantizes nothing again; a sample's backward quantizes every candidate."""
+    from nas_mpq.quant import make_quantizer
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 32))
+    choice = MixedPrecisionChoice([make_quantizer(b, w) for b in (1, 2, 4, 8, 32)])
+    calls = []
+    for q in choice.quantizers:
+        monkeypatch.setattr(q, "value", lambda *a, _v=q.value, _b=q.bits, **k: calls.append(_b) or _v(*a, **k))
+    choice.sample = None  # the argmax
+    choice.composite(w).sum().backward()
+    assert calls == [choice.argmax_bits()] and w.grad is not None
+    calls.clear()
+    choice.sample = torch.softmax(torch.randn(5), 0).requires_grad_(True)
+    big = torch.nn.Parameter(torch.randn(512, 256))  # past STACKED_ELEMENTS: the backward quantizes again
+    choice.composite(big).sum().backward()
+    assert sorted(calls) == sorted(2 * [1, 2, 4, 8, 32]) and choice.sample.grad is not None
+
+
 def test_held_scales_survive_weight_changes_until_cleared():
     """hold_stats (the search's refit_every): the scales fitted last stay while the weight moves;
     clear_stats fits again; a weight's blocks and one of its groups are kept side by side."""
