@@ -48,10 +48,9 @@ those of its weights]: they are forgotten at every k-th batch and fitted, for ev
 width at once, where a weight is next quantized that way (soft blocks, a pinned group), so hard
 samples and a changing plan fit nothing more. The fit is about half of a CPU supernet step's
 overhead on the flagship LSTM. Validation and the derived plan's stages fit on the weights as
-they are. A run
-resumed in the middle of an epoch fits at its first batch, so its scales differ from an
-uninterrupted run's until the next refit (from an epoch's end, as checkpoints are written, it
-resumes exactly).
+they are. A run resumed in the middle of an epoch fits at its first batch, so its scales differ
+from an uninterrupted run's until the next refit (from an epoch's end, as checkpoints are
+written, it resumes exactly).
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.

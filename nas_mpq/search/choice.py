@@ -33,8 +33,9 @@ class CompositeWeight(torch.autograd.Function):
     whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
 
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
-    dL/dy_k = <G, Q_k(w)>, and none where y needs no gradient (a pinned plan, the argmax). Quantizers with the identity STE and no parameters contribute `y_k G`
-    to dL/dw directly; the others (LSQ, pruning) are re-run under autograd so their own gradients
+    dL/dy_k = <G, Q_k(w)>, and none where y needs no gradient (a pinned plan, the argmax).
+    Quantizers with the identity STE and no parameters contribute `y_k G` to dL/dw directly; the
+    others (LSQ, pruning) are re-run under autograd so their own gradients
     (and those of their parameters, passed as `params`) come out exactly."""
 
     @staticmethod
