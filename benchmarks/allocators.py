@@ -95,10 +95,10 @@ class NotRun(Exception):
 
 
 KEPT = ("plan.json", "sensitivity.json", "metrics.json")
+"""A finished run's small results, in the order they are restored (metrics.json, the marker, last)."""
 RUN_FIELDS = ("config_sha256", "seconds", "environment")
 """What a run's record holds besides its arguments (bench_run.json and the ledger alike; runs
 recorded before environments were kept have none)."""
-"""A finished run's small results, in the order they are restored (metrics.json, the marker, last)."""
 
 
 def config_digest(args: list[str]) -> str:

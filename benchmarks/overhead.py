@@ -75,16 +75,15 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import (BudgetRegularizer, GumbelSampler, MixedPrecisionChoice, SearchSpace, get_sampler,
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, get_sampler, hold_fitted_scales,
                             prepare_search_, search_groups)
-from search_wall import search_wall_time
+from search_wall import REFIT_EVERY, search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
 
 CANDIDATES = [1, 2, 4, 8, 32]
 ARCH_EVERY = (1, 2, 4)
-REFIT_EVERY = 8
 WINDOW = 4
 """Batches per window of the iteration ratios: a multiple of every ARCH_EVERY."""
 Step = Callable[[tuple], None]
@@ -168,15 +167,10 @@ def supernet_refit_step(s: Setup, every: int = REFIT_EVERY) -> Step:
     steps (as SupernetModule's refit_every holds them)."""
     net, weights, theta = supernet(s)
     step = train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
-    choices = [m for m in net.modules() if isinstance(m, MixedPrecisionChoice)]
     steps = itertools.count()
 
     def refit(batch: tuple) -> None:
-        fresh = next(steps) % every == 0
-        for c in choices:
-            if fresh:
-                c.clear_stats()
-            c.hold_stats = True
+        hold_fitted_scales(net, hold=True, forget=next(steps) % every == 0)
         step(batch)
     return refit
 

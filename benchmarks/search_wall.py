@@ -29,6 +29,7 @@ from nas_mpq.plan import Budget
 
 QUICK = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_lstm" / "quick.yaml"
 REFIT_EVERY = 8
+"""The refit_every of the search timed beside the others (and of overhead.py's supernet_refit step)."""
 
 
 def build(spec: dict[str, Any], **extra: Any) -> Any:

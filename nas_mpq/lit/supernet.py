@@ -54,12 +54,7 @@ written, it resumes exactly).
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
-The derived plan is the argmax, repaired to the budget by a size-priced knapsack (knapsack.py),
-of the last epoch's choices [`plan_from: last`; validation runs the argmax plan, no noise], or
-(`best_val`) of the epoch whose plan validated best: validation then runs the plan the search
-would return at that point (the repaired argmax), so the plan returned is one that was validated;
-validations before the warm-up's end (choices not yet moved) do not compete. `probe` then picks
-among the start plan and the best-validated plans at equal training (probe.py).
+Which plan the search returns (`plan_from`: last, best_val, probe): plan_selection.py.
 """
 from __future__ import annotations
 
@@ -70,12 +65,13 @@ import torch
 from torch import nn
 
 from nas_mpq.plan import Budget, PrecisionPlan
-from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, prepare_search_,
-                            search_groups)
+from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, hold_fitted_scales,
+                            prepare_search_, search_groups)
 from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
 from .data_contract import SearchData, check_datamodule
+from .plan_selection import PlanSelection
 from .probe import PlanProbe
 from .search_settings import PLAN_FROM, WEIGHTS_AT, check_search_settings
 
@@ -88,7 +84,7 @@ def _default_arch_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-2, betas=(0.5, 0.999))
 
 
-class SupernetModule(TaskModule):
+class SupernetModule(PlanSelection, TaskModule):
     """Mixed-precision search over `space` for `net` under `budget`.
 
     The datamodule must be a `SearchData` (data_contract.py): it serves a held-out search split
@@ -264,8 +260,8 @@ class SupernetModule(TaskModule):
         progress = self._progress = self.progress(batch_idx)
         tau, weight, active, sharpen = self.schedule(progress)
         weights_step = w_opt is not None and progress < self.hparams.weights_until
-        if self.hparams.refit_every > 1:  # frozen weights keep their one fit
-            self._hold_scales(refit=weights_step and batch_idx % self.hparams.refit_every == 0)
+        if self.hparams.refit_every > 1:  # refit on every k-th batch of an epoch; frozen weights keep their one fit
+            hold_fitted_scales(self.net, hold=True, forget=weights_step and batch_idx % self.hparams.refit_every == 0)
         if w_opt is not None and not weights_step:
             self._freeze_weights()
         self.sampler.tau = tau
@@ -294,21 +290,10 @@ class SupernetModule(TaskModule):
                            "arch/budget_weight": weight}, prog_bar=False)
         return loss
 
-    def _hold_scales(self, refit: bool) -> None:
-        """refit_every > 1: the scales fitted on this step's weights (`refit`) or those fitted last,
-        kept while the weights change; the counter restarts with each epoch."""
-        if refit:
-            self.clear_fitted_scales()
-        for c in self._choices():
-            c.hold_stats = True
-
     def _release_scales(self) -> None:
         """Back to scales fitted on the weights as they are (validation, the plan's probes): the
         held ones forgotten (a fused optimizer's step leaves the version counters as they were)."""
-        if self.hparams.refit_every > 1:
-            self.clear_fitted_scales()
-        for c in self._choices():
-            c.hold_stats = False
+        hold_fitted_scales(self.net, hold=False, forget=self.hparams.refit_every > 1)
 
     def on_train_end(self) -> None:
         self._release_scales()
@@ -356,67 +341,10 @@ class SupernetModule(TaskModule):
     # ---- results and checkpoints ----------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._release_scales()
-        if self.hparams.plan_from != "last":
-            self._validated_plan = self.current_plan()
-            self.pin_evaluation(self._validated_plan)
-
-    def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()
-        if self.hparams.plan_from == "last":
-            return
-        self.pin_evaluation(None)
-        if self.trainer.sanity_checking or not self.val_history:
-            return
-        if self._progress >= self.hparams.warmup_fraction:
-            epoch, val_ppl = len(self.val_history) - 1, self.val_history[-1]
-            self.keep_if_best(self._validated_plan, val_ppl, epoch)
-            if self.plan_probe is not None:
-                self.plan_probe.validated.append({"epoch": epoch, "val_ppl": val_ppl, "plan": self._validated_plan.to_dict()})
-
-    def current_plan(self) -> PrecisionPlan:
-        """The plan the search would return now: the argmax, repaired to the budget (the repair
-        prices bits by the probabilities, so it is derived again whenever theta has changed: its
-        version counter, no read from the device)."""
-        key = tuple(t._version for t in self.arch_parameters())
-        if self._current_plan is None or self._current_plan[0] != key:
-            self._current_plan = (key, derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill))
-        return self._current_plan[1]
+        super().on_validation_epoch_start()
 
     def _choices(self) -> list:
         return [g.choice for g in search_groups(self.net) + activation_groups(self.net)]
-
-    def pin_evaluation(self, plan: PrecisionPlan | None) -> None:
-        """Evaluation forwards run `plan` (None: the argmax again); training samples are unaffected."""
-        bits = {} if plan is None else {**plan.bits, **plan.activation_bits}
-        for g in search_groups(self.net) + activation_groups(self.net):
-            g.choice.pinned = g.choice.candidates.index(bits[g.name]) if bits else None
-
-    def keep_if_best(self, plan: PrecisionPlan, val_ppl: float, epoch: int) -> bool:
-        """Keep `plan` when `val_ppl` (its validation perplexity) is the lowest so far; True when kept."""
-        if self.best_plan is not None and val_ppl >= self.best_plan["val_ppl"]:
-            return False
-        self.best_plan = {"epoch": epoch, "val_ppl": val_ppl, "plan": plan.to_dict()}
-        return True
-
-    def derive_plan(self) -> PrecisionPlan:
-        """The argmax plan (of the best validated epoch with `plan_from: best_val`; the best
-        probed candidate with `probe`, probing first if not yet done), repaired to meet the
-        budget (plan.extra["repair"] says how far, plan.extra["search_epoch"] which epoch's
-        choices it is: its "epoch" None for the start plan)."""
-        if self.plan_probe is not None:
-            best = min(self.plan_probe.run(self), key=lambda c: c["probe_val_ppl"])
-            plan = PrecisionPlan.from_dict(best["plan"])
-            plan.extra["search_epoch"] = {k: best[k] for k in ("epoch", "val_ppl", "probe_val_ppl")}
-            return plan
-        best = self.best_plan if self.hparams.plan_from == "best_val" else None
-        if best is None:
-            plan = derive_plan(self.net, self.search_space, self.budget, self.hparams.min_fill)
-            plan.extra["search_epoch"] = {"epoch": len(self.val_history) - 1,
-                                          "val_ppl": self.val_history[-1] if self.val_history else None}
-            return plan
-        plan = PrecisionPlan.from_dict(best["plan"])
-        plan.extra["search_epoch"] = {"epoch": best["epoch"], "val_ppl": best["val_ppl"]}
-        return plan
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -266,6 +266,17 @@ class MixedPrecisionChoice(nn.Module):
         return f"candidates={self.candidates}"
 
 
+def hold_fitted_scales(net: nn.Module, hold: bool, forget: bool) -> None:
+    """Set every choice's `hold_stats` in `net` to `hold` (keep its fitted scales while the weights
+    change, or key them on the weights' version counters again), forgetting the kept scales first
+    when `forget` (the search's `refit_every`)."""
+    for module in net.modules():
+        if isinstance(module, MixedPrecisionChoice):
+            if forget:
+                module.clear_stats()
+            module.hold_stats = hold
+
+
 def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice]) -> torch.Tensor | None:
     """`torch.stack([c.composite(blocks[n]) for n, c in enumerate(choices)])` in one pass: the
     groups whose weights are the equal blocks of one weight (an LSTM weight's gates, attention
