@@ -27,6 +27,8 @@ Arms, per avg-bits budget B (every stage through the `nas-mpq` CLI, in its own d
                            the best-validated plans each trained briefly from the FP32 weights
                            (<configs>/search_probe.yaml)
   avg<B>/nas-hessian-short-s<k>/  the same search cut to 2 epochs (<configs>/search_short.yaml)
+  avg<B>/nas-hessian-kp-s<k>/  the short search with dual_kp 5 (ARM_OVERRIDES)
+  avg<B>/nas-hessian-fast-s<k>/  the short search with arch_every 4 and refit_every 8 (ARM_OVERRIDES)
   avg<B>/uniform<b>/       the uniform b-bit plan (only where b bits is exactly B)
   avg<B>/fin-<arm>-s<k>/   finalize of that arm's plan (<configs>/finalize.yaml), seed k: every arm,
                            deterministic plans included, is finalized once per seed
@@ -78,16 +80,22 @@ BASELINES = ("fp32_continued", "fp32_averaged")
 """FP32 arms beside the FP32 model every plan starts from: trained once, no plan, no seeds."""
 ARMS = ("uniform", "nas", "kl", "hessian", "random", "nas_kl", *BASELINES, "nas_kl_frozen",
         "nas_frozen", "nas_hessian_frozen", "nas_hessian_at_plan", "nas_hessian_probe",
-        "nas_hessian_short")
+        "nas_hessian_short", "nas_hessian_kp", "nas_hessian_fast")
 """In the order the plan arms run (the most informative figures first, so a stopped run has
 them); the BASELINES run after every plan arm. Arms can run in several processes side by side
 (`--arms`), sharing one --ledger."""
 ARM_CONFIG = {"fp32_continued": "pretrain_continued", "fp32_averaged": "pretrain_averaged",
               "nas_frozen": "search_frozen", "nas_hessian_frozen": "search_frozen",
               "nas_hessian_at_plan": "search_at_plan", "nas_hessian_probe": "search_probe",
-              "nas_hessian_short": "search_short"}
+              "nas_hessian_short": "search_short", "nas_hessian_kp": "search_short",
+              "nas_hessian_fast": "search_short"}
 """The config an arm needs beside pretrain, search and finalize: without --arms, the arms whose
 config the --configs folder lacks are left out."""
+ARM_OVERRIDES = {"nas_hessian_kp": ["--model.dual_kp", "5"],
+                 "nas_hessian_fast": ["--model.arch_every", "4", "--model.refit_every", "8"]}
+"""Settings an arm's search sets on top of its config: the budget controller's proportional part
+(kp), a cheaper iteration (fast: the choices' step on every 4th batch, the scales fitted on every
+8th)."""
 
 
 class NotRun(Exception):
@@ -300,9 +308,10 @@ class Bench:
         return folder / "plan.json"
 
     def search(self, folder: Path, budget: float, seed: int, init: Path | None = None, frozen: bool = False,
-               config: str = "search") -> Path:
+               config: str = "search", overrides: tuple[str, ...] | list[str] = ()) -> Path:
         more = ["--model.init_sensitivity", str(init)] if init is not None else []
         more += ["--model.optimizer.lr", "0.0"] if frozen else []
+        more += overrides
         self.after_fp32(["search", "--config", self.cfg(config), "--init_ckpt", self.fp32_ckpt,
                          "--model.budget.value", str(budget), "--seed_everything", str(seed), "--model.seed", str(seed),
                          *more], folder)
@@ -352,7 +361,8 @@ def _finalized(bench: Bench, arm: str, budget: float, seed: int, candidates: lis
         bench.sensitivity(base / "sens-hessian", "hessian", budget)
         kind = arm.removeprefix("nas_hessian_").replace("_", "-")
         plan = bench.search(base / f"nas-hessian-{kind}-s{seed}", budget, seed,
-                            base / "sens-hessian" / "sensitivity.json", config=ARM_CONFIG[arm])
+                            base / "sens-hessian" / "sensitivity.json", config=ARM_CONFIG[arm],
+                            overrides=ARM_OVERRIDES.get(arm, ()))
     else:  # nas_kl, nas_kl_frozen
         bench.sensitivity(base / "sens-kl", "kl", budget)
         frozen = arm == "nas_kl_frozen"
