@@ -22,6 +22,13 @@ Adam step):
                 the multiplier's update (two batches, so about twice a step by construction);
   bilevel_every2, bilevel_every4
                 the same with arch_every 2 and 4: the arch step on every 2nd / 4th batch only;
+  bilevel_at_plan
+                the iteration of the flagship search configs (`weights_at: plan`): the weight step
+                at the plan the search would return now (the argmax repaired by the knapsack,
+                derived again after each arch step), each group pinned to one width;
+  bilevel_at_plan_every4_refit8
+                the same with arch_every 4 and refit_every 8 (its `refit_ratio`: the mean over
+                whole periods of 8 timed batches, each holding two arch steps and one fit);
   post_training one step of the post-training search (train_weights false): the arch step on a
                 search batch with the weights frozen (no weight gradient, each weight's scales
                 fitted once) and the multiplier's update; the training batch only keeps time;
@@ -75,8 +82,8 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, get_sampler, hold_fitted_scales,
-                            prepare_search_, search_groups)
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, derive_plan, get_sampler,
+                            hold_fitted_scales, prepare_search_, search_groups)
 from search_wall import REFIT_EVERY, search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -84,6 +91,10 @@ from search_spaces.transformer_lm import TransformerLM, transformer_lm_space
 
 CANDIDATES = [1, 2, 4, 8, 32]
 ARCH_EVERY = (1, 2, 4)
+FAST_ARCH_EVERY = 4
+FAST = f"bilevel_at_plan_every{FAST_ARCH_EVERY}_refit{REFIT_EVERY}"
+"""The flagship search's iteration made cheap: weights at the plan, arch step every 4th batch, scales
+fitted every 8th (its ratio over whole periods of REFIT_EVERY batches, a multiple of 4)."""
 WINDOW = 4
 """Batches per window of the iteration ratios: a multiple of every ARCH_EVERY."""
 Step = Callable[[tuple], None]
@@ -175,15 +186,21 @@ def supernet_refit_step(s: Setup, every: int = REFIT_EVERY) -> Step:
     return refit
 
 
-def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
+def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bool = False,
+                 refit_every: int = 1) -> Step:
     """One iteration of SupernetModule's search: on every arch_every-th batch the arch step on
     the search batch, then the weight step on the batch, then (after an arch step) the
-    multiplier's update."""
+    multiplier's update. `at_plan`: the weight step at the plan the search would return now (the
+    argmax repaired by the knapsack, derived again after each arch step; `weights_at: plan`);
+    `refit_every` > 1: the scales fitted on every refit_every-th batch only and held in between."""
     net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
-    budget = BudgetRegularizer(net, Budget("avg_bits", 2.0))
+    target = Budget("avg_bits", 2.0)
+    budget = BudgetRegularizer(net, target)
     mu = torch.zeros((), device=s.device)
     batches = itertools.count()
+    groups, sampler = search_groups(net), get_sampler(net)
+    plan = None
 
     def update(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, clip: float) -> None:
         w_opt.zero_grad()
@@ -192,11 +209,31 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1) -> Step:
         nn.utils.clip_grad_norm_(params, clip)
         opt.step()
 
+    def weight_loss(batch: tuple) -> torch.Tensor:
+        if not at_plan:
+            return loss_of(net, batch)
+        for g in groups:
+            g.choice.pinned = g.choice.candidates.index(plan.bits[g.name])
+        sampler.fixed = True
+        try:
+            return loss_of(net, batch)
+        finally:
+            sampler.fixed = False
+            for g in groups:
+                g.choice.pinned = None
+                g.choice.set_sample(None)
+
     def step(batch: tuple) -> None:
-        arch_step = next(batches) % arch_every == 0
+        nonlocal plan
+        i = next(batches)
+        if refit_every > 1:
+            hold_fitted_scales(net, hold=True, forget=i % refit_every == 0)
+        arch_step = i % arch_every == 0
         if arch_step:
             update(loss_of(net, search_batch) + budget.penalty(mu, 5.0), a_opt, theta, 5.0)
-        update(loss_of(net, batch), w_opt, weights, 1.0)
+            if at_plan:
+                plan = derive_plan(net, s.space, target, 0.99)
+        update(weight_loss(batch), w_opt, weights, 1.0)
         if arch_step:
             mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
     return step
@@ -380,6 +417,7 @@ def main() -> None:
         "supernet_by_group": lambda: supernet_by_group_step(s),
         f"supernet_refit{REFIT_EVERY}": lambda: supernet_refit_step(s),
         "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
+        "bilevel_at_plan": lambda: bilevel_step(s, search_batch, at_plan=True),
         "post_training": lambda: post_training_step(s, search_batch),
     }
     # on a GPU the first steps also allocate the libraries' workspaces (cuBLAS, cuDNN), which then
@@ -388,6 +426,7 @@ def main() -> None:
         memory = {name: peak_memory(build, batches, device) for name, build in builders.items()}
     for k in ARCH_EVERY[1:]:
         builders[f"bilevel_every{k}"] = partial(bilevel_step, s, search_batch, k)
+    builders[FAST] = partial(bilevel_step, s, search_batch, FAST_ARCH_EVERY, at_plan=True, refit_every=REFIT_EVERY)
 
     steps = {name: build() for name, build in builders.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -401,10 +440,11 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     operators = {name: operators_per_step(steps[name], batches[-1]) for name in memory  # no every-k: alternates
                  if not name.startswith("supernet_refit")}
+    operators[FAST] = operators_per_step(steps[FAST], batches[-1])  # an arch step and a refit: its costliest batch
     median = {name: statistics.median(t) for name, t in times.items()}
     windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
     iterations = {**{f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY},
-                  "post_training": "post_training"}
+                  "at_plan": "bilevel_at_plan", "post_training": "post_training"}
     groups = len(search_groups(prepare_search_(make_net(s), s.space)))
     result = {
         "model": f"{s.describe}, candidates {CANDIDATES}, {groups} groups",
@@ -413,11 +453,13 @@ def main() -> None:
         "median_step_s": {k: round(v, 4) for k, v in median.items()},
         "peak_memory_mb": {k: round(v / 2**20, 1) for k, v in memory.items()},
         "step_ratio": {k: round(median[k] / median["fp32"], 3)
-                       for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
+                       for k in ("supernet", "supernet_by_group", "bilevel", "bilevel_at_plan", "kpath",
+                                 "post_training")},
         "memory_ratio": {k: round(memory[k] / memory["fp32"], 3)
-                         for k in ("supernet", "supernet_by_group", "bilevel", "kpath", "post_training")},
-        "refit_ratio": {f"supernet_refit{REFIT_EVERY}": refit_ratio(times[f"supernet_refit{REFIT_EVERY}"],
-                                                                    times["fp32"], args.warmup)},
+                         for k in ("supernet", "supernet_by_group", "bilevel", "bilevel_at_plan", "kpath",
+                                   "post_training")},
+        "refit_ratio": {name: refit_ratio(times[name], times["fp32"], args.warmup)
+                        for name in (f"supernet_refit{REFIT_EVERY}", FAST)},
         "operators_per_step": operators,
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},

@@ -20,7 +20,7 @@ def bench_env(tmp_path, monkeypatch):
     configs = tmp_path / "configs"
     configs.mkdir()
     for name in ("pretrain", "pretrain_continued", "pretrain_averaged", "search", "search_frozen", "search_at_plan",
-                 "finalize"):
+                 "search_short", "finalize"):
         (configs / f"{name}.yaml").write_text(f"# {name}\n")
     calls = []
     val = {"ppl": 100.0}
@@ -178,6 +178,22 @@ def test_the_at_plan_arm_searches_with_its_config_from_hessian(bench_env):
     assert args[-2:] == ["--model.init_sensitivity", str(tmp / "runs" / "avg2" / "sens-hessian" / "sensitivity.json")]
     found = alloc.finalized_runs(tmp / "runs" / "avg2")
     assert [p.name for p in found["nas-hessian-at-plan-s0"]] == ["fin-nas_hessian_at_plan-s0"]
+
+
+def test_the_override_arms_search_with_the_short_config_and_their_settings_on_top(bench_env):
+    alloc, configs, calls, _, tmp = bench_env
+    bench = alloc.Bench(configs, tmp / "runs", tmp / "ledger.json")
+    bench.fp32()
+    for arm in ("nas_hessian_short", "nas_hessian_kp", "nas_hessian_fast"):
+        alloc.run_arm(bench, arm, 1.5, [0], [1, 2, 4, 8, 32])
+    args = {kind: json.loads((tmp / "runs" / "avg1.5" / f"nas-hessian-{kind}-s0" / "bench_run.json").read_text())["args"]
+            for kind in ("short", "kp", "fast")}
+    assert args["short"][:3] == ["search", "--config", str(configs / "search_short.yaml")]
+    assert args["short"][-2:] == ["--model.init_sensitivity", str(tmp / "runs" / "avg1.5" / "sens-hessian" / "sensitivity.json")]
+    assert args["kp"] == [*args["short"], "--model.dual_kp", "5"]
+    assert args["fast"] == [*args["short"], "--model.arch_every", "4", "--model.refit_every", "8"]
+    found = alloc.finalized_runs(tmp / "runs" / "avg1.5")
+    assert [p.name for p in found["nas-hessian-fast-s0"]] == ["fin-nas_hessian_fast-s0"]
 
 
 def test_a_killed_benchmark_takes_its_running_stage_with_it(tmp_path):
