@@ -23,13 +23,14 @@ Adam step):
   bilevel_every2, bilevel_every4
                 the same with arch_every 2 and 4: the arch step on every 2nd / 4th batch only;
   bilevel_at_plan
-                the iteration of the flagship search configs (`weights_at: plan`): the weight step
+                the iteration of the flagship search configs' mode (`weights_at: plan`): the weight step
                 at the plan the search would return now (the argmax repaired by the knapsack,
                 derived again after each arch step), each group pinned to one width;
   bilevel_at_plan_every4_refit8
-                the same with arch_every 4 and refit_every 8: the flagship search config's
-                iteration (search_fast.yaml; its `iteration_ratio.search_fast` is the mean over
-                whole periods of 8 timed batches, each holding two arch steps and one fit);
+                the same with arch_every 4 and refit_every 8, the settings of the flagship
+                search config (search_fast.yaml) on this model; its `iteration_ratio.search_fast`
+                is the mean over whole periods of 8 timed batches (two arch steps and one fit
+                each) against FP32's over the same batches;
   post_training one step of the post-training search (train_weights false): the arch step on a
                 search batch with the weights frozen (no weight gradient, each weight's scales
                 fitted once) and the multiplier's update; the training batch only keeps time;
@@ -39,7 +40,8 @@ Adam step):
 Step time is the median over --steps steps, the configurations interleaved step by step so
 machine noise hits them alike. The iteration ratios (`iteration_ratio`) take the mean time per
 training batch over windows of 4 consecutive batches (each window holds the same share of arch
-steps: 4, 2 or 1), median over the windows, against FP32's over the same windows. Peak memory is
+steps: 4, 2 or 1), median over the windows, against FP32's over the same windows (search_fast's:
+the mean over whole periods of 8 batches, above). Peak memory is
 the peak resident set size during a step (sampled every 0.2 ms from /proc/self/statm) above the
 resident size before the model was built, with free heap memory handed back to the OS
 (malloc_trim) before each configuration; with --device cuda every step runs on the GPU, each
@@ -84,8 +86,8 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, derive_plan, get_sampler,
-                            hold_fitted_scales, prepare_search_, search_groups)
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, activation_groups, derive_plan,
+                            get_sampler, hold_fitted_scales, prepare_search_, search_groups)
 from search_wall import REFIT_EVERY, search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -96,9 +98,12 @@ ARCH_EVERY = (1, 2, 4)
 FAST_ARCH_EVERY = 4
 FAST = f"bilevel_at_plan_every{FAST_ARCH_EVERY}_refit{REFIT_EVERY}"
 FAST_CONFIG = "search_fast"
-"""FAST is the iteration of the flagship search config (configs/shakespeare_lstm/search_fast.yaml):
-weights at the plan, the arch step on every 4th batch, the scales fitted on every 8th; its
-iteration ratio is taken over whole periods of REFIT_EVERY batches (a multiple of 4)."""
+assert REFIT_EVERY % FAST_ARCH_EVERY == 0, "a refit period must hold whole arch periods"
+"""FAST is the iteration with the flagship search config's settings (configs/shakespeare_lstm/
+search_fast.yaml: weights at the plan, the arch step on every 4th batch, the scales fitted on every
+8th) on this benchmark's model (the LSTM untied, 18 groups, where the config ties the embedding
+and splits it into 8 frequency buckets, 24 groups); its iteration ratio is the mean over whole
+periods of REFIT_EVERY batches (a multiple of 4), where the others are medians over windows."""
 WINDOW = 4
 """Batches per window of the iteration ratios: a multiple of every ARCH_EVERY."""
 Step = Callable[[tuple], None]
@@ -194,16 +199,18 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bo
                  refit_every: int = 1) -> Step:
     """One iteration of SupernetModule's search: on every arch_every-th batch the arch step on
     the search batch, then the weight step on the batch, then (after an arch step) the
-    multiplier's update. `at_plan`: the weight step at the plan the search would return now (the
-    argmax repaired by the knapsack, derived again after each arch step; `weights_at: plan`);
-    `refit_every` > 1: the scales fitted on every refit_every-th batch only and held in between."""
+    multiplier's update, and on every batch the measures the module logs. `at_plan`: the weight
+    step at the plan the search would return now (the argmax repaired by the knapsack, derived
+    again after each arch step; `weights_at: plan`); `refit_every` > 1: the scales fitted on every
+    refit_every-th batch only and held in between (counted over the whole run: the module counts
+    within an epoch, the same for timing)."""
     net, weights, theta = supernet(s)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
     target = Budget("avg_bits", 2.0)
     budget = BudgetRegularizer(net, target)
     mu = torch.zeros((), device=s.device)
     batches = itertools.count()
-    groups, sampler = search_groups(net), get_sampler(net)
+    groups, sampler = search_groups(net) + activation_groups(net), get_sampler(net)
     plan = None
 
     def update(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, clip: float) -> None:
@@ -216,8 +223,9 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bo
     def weight_loss(batch: tuple) -> torch.Tensor:
         if not at_plan:
             return loss_of(net, batch)
+        bits = {**plan.bits, **plan.activation_bits}
         for g in groups:
-            g.choice.pinned = g.choice.candidates.index(plan.bits[g.name])
+            g.choice.pinned = g.choice.candidates.index(bits[g.name])
         sampler.fixed = True
         try:
             return loss_of(net, batch)
@@ -238,8 +246,11 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bo
             if at_plan:
                 plan = derive_plan(net, s.space, target, 0.99)
         update(weight_loss(batch), w_opt, weights, 1.0)
+        ratio = budget.argmax_measure() / budget.capacity
         if arch_step:
-            mu.copy_(budget.update_dual(mu, 0.05, budget.argmax_measure() / budget.capacity))
+            mu.copy_(budget.update_dual(mu, 0.05, ratio))
+        with torch.no_grad():
+            budget.expected_avg_bits(), budget.mean_entropy()
     return step
 
 
@@ -420,8 +431,8 @@ def main() -> None:
         "fp32": lambda: fp32_step(s), "supernet": lambda: supernet_step(s),
         "supernet_by_group": lambda: supernet_by_group_step(s),
         f"supernet_refit{REFIT_EVERY}": lambda: supernet_refit_step(s),
-        "bilevel": lambda: bilevel_step(s, search_batch), "kpath": lambda: kpath_step(s),
-        "bilevel_at_plan": lambda: bilevel_step(s, search_batch, at_plan=True),
+        "bilevel": lambda: bilevel_step(s, search_batch),
+        "bilevel_at_plan": lambda: bilevel_step(s, search_batch, at_plan=True), "kpath": lambda: kpath_step(s),
         "post_training": lambda: post_training_step(s, search_batch),
     }
     # on a GPU the first steps also allocate the libraries' workspaces (cuBLAS, cuDNN), which then
