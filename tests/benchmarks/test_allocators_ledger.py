@@ -314,12 +314,13 @@ def test_a_run_recorded_with_the_file_digest_is_kept_and_recorded_with_the_setti
     assert len(calls) == 1
 
 
-def test_the_fast_config_is_the_short_config_with_the_fast_arms_settings():
-    """configs/shakespeare_lstm/search_fast.yaml is what the nas_hessian_fast arm ran (search_short.yaml
+@pytest.mark.parametrize("model", ["shakespeare_lstm", "shakespeare_transformer"])
+def test_the_fast_config_is_the_short_config_with_the_fast_arms_settings(model):
+    """configs/<model>/search_fast.yaml is what the nas_hessian_fast arm ran (search_short.yaml
     with ARM_OVERRIDES on top): the benchmark's figures are the config's."""
     import yaml
     alloc = load_benchmark("allocators")
-    folder = ROOT / "configs" / "shakespeare_lstm"
+    folder = ROOT / "configs" / model
     short = yaml.safe_load((folder / "search_short.yaml").read_text())
     overrides = alloc.ARM_OVERRIDES["nas_hessian_fast"]
     for flag, value in zip(overrides[::2], overrides[1::2]):
