@@ -86,8 +86,8 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, activation_groups, derive_plan,
-                            get_sampler, hold_fitted_scales, prepare_search_, search_groups)
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, derive_plan, get_sampler,
+                            hold_fitted_scales, prepare_search_, search_groups, training_at_plan)
 from search_wall import REFIT_EVERY, search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -210,7 +210,6 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bo
     budget = BudgetRegularizer(net, target)
     mu = torch.zeros((), device=s.device)
     batches = itertools.count()
-    groups, sampler = search_groups(net) + activation_groups(net), get_sampler(net)
     plan = None
 
     def update(loss: torch.Tensor, opt: torch.optim.Optimizer, params: list, clip: float) -> None:
@@ -223,17 +222,8 @@ def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bo
     def weight_loss(batch: tuple) -> torch.Tensor:
         if not at_plan:
             return loss_of(net, batch)
-        bits = {**plan.bits, **plan.activation_bits}
-        for g in groups:
-            g.choice.pinned = g.choice.candidates.index(bits[g.name])
-        sampler.fixed = True
-        try:
+        with training_at_plan(net, plan):
             return loss_of(net, batch)
-        finally:
-            sampler.fixed = False
-            for g in groups:
-                g.choice.pinned = None
-                g.choice.set_sample(None)
 
     def step(batch: tuple) -> None:
         nonlocal plan

@@ -10,7 +10,7 @@ among the start plan and the best-validated plans at equal training (probe.py).
 from __future__ import annotations
 
 from nas_mpq.plan import PrecisionPlan
-from nas_mpq.search import activation_groups, derive_plan, search_groups
+from nas_mpq.search import derive_plan, pin_plan_
 
 
 class PlanSelection:
@@ -48,9 +48,7 @@ class PlanSelection:
 
     def pin_evaluation(self, plan: PrecisionPlan | None) -> None:
         """Evaluation forwards run `plan` (None: the argmax again); training samples are unaffected."""
-        bits = {} if plan is None else {**plan.bits, **plan.activation_bits}
-        for g in search_groups(self.net) + activation_groups(self.net):
-            g.choice.pinned = g.choice.candidates.index(bits[g.name]) if bits else None
+        pin_plan_(self.net, plan)
 
     def keep_if_best(self, plan: PrecisionPlan, val_ppl: float, epoch: int) -> bool:
         """Keep `plan` when `val_ppl` (its validation perplexity) is the lowest so far; True when kept."""

@@ -66,7 +66,7 @@ from torch import nn
 
 from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, hold_fitted_scales,
-                            prepare_search_, search_groups)
+                            prepare_search_, search_groups, training_at_plan)
 from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
@@ -316,15 +316,8 @@ class SupernetModule(PlanSelection, TaskModule):
         the choices' when single-level)."""
         w_opt.zero_grad()
         if self.hparams.weights_at == "plan":
-            try:
-                self.pin_evaluation(self.current_plan())
-                self.sampler.fixed = True
+            with training_at_plan(self.net, self.current_plan()):
                 loss = self.task_loss(batch, "train")
-            finally:
-                self.sampler.fixed = False
-                self.pin_evaluation(None)
-                for c in self._choices():
-                    c.set_sample(None)  # forget the pinned picks: the argmax is read afresh
         else:
             loss = self.task_loss(batch, "train")
         self.manual_backward(loss + self._arch_terms(weight, sharpen) if single else loss)

@@ -28,12 +28,13 @@ from torch.utils.hooks import RemovableHandle
 from ..plan import ActivationPlan, GroupPlan, PrecisionPlan
 from .activations import (ACTIVATION_LAYERS, activation_groups, attach_input_choices_, detach_input_choices_,
                           move_input_choice)
-from .choice import GumbelSampler, MixedPrecisionChoice, record_argmax_
+from .choice import MixedPrecisionChoice, record_argmax_
 from .coverage import check_full_coverage, coverage_report, unsupported
 from .derive import derive_plan
 from .groups import search_groups
 from .layers import GroupSlice, SearchableMixin, SearchConv2d
 from .registry import find_layer
+from .sampler import GumbelSampler
 from .space import GroupRule, SearchSpace, rule_names
 
 _SAMPLER = "_nas_mpq_sampler"
