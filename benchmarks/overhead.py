@@ -34,6 +34,11 @@ Adam step):
   post_training one step of the post-training search (train_weights false): the arch step on a
                 search batch with the weights frozen (no weight gradient, each weight's scales
                 fitted once) and the multiplier's update; the training batch only keeps time;
+  supernet_fused, supernet_refit8_fused, bilevel_at_plan_every4_refit8_fused (with --fuse)
+                the supernet step, its refit_every 8 form and the search_fast iteration with
+                fuse_candidates on: each weight's soft candidates quantized and mixed in one
+                torch.compile'd pass, their dL/dy in another (compiled on two batches before the
+                timing: `fused.compile_s`);
   kpath         the reference without the composite weight: K = 5 forward passes, one per
                 candidate, their logits mixed by the sample (K quantized weight sets and K sets of
                 activations kept for backward).
@@ -56,7 +61,7 @@ whole search iteration / FP32 step <= 1.4 with the flagship search config (searc
 ratio <= 1.2.
 
     python benchmarks/overhead.py [--space lstm_lm|transformer_lm|cnn] [--steps 15]
-                                  [--search_epochs 1] [--search_batches N] [--device cpu|cuda]
+                                  [--search_epochs 1] [--search_batches N] [--device cpu|cuda] [--fuse]
 """
 from __future__ import annotations
 
@@ -86,8 +91,8 @@ from torch.nn import functional as F
 from nas_mpq.data import DigitsDataModule, LMDataModule
 from nas_mpq.lit import batch_logits
 from nas_mpq.plan import Budget
-from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, derive_plan, get_sampler,
-                            hold_fitted_scales, prepare_search_, search_groups, training_at_plan)
+from nas_mpq.search import (BudgetRegularizer, GumbelSampler, SearchSpace, derive_plan, fuse_candidates,
+                            get_sampler, hold_fitted_scales, prepare_search_, search_groups, training_at_plan)
 from search_wall import REFIT_EVERY, search_wall_time
 from search_spaces.cnn import ResNetCNN, cnn_space
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
@@ -160,15 +165,16 @@ def fp32_step(s: Setup) -> Step:
     return train_step(net, torch.optim.Adam(net.parameters(), lr=1e-3))
 
 
-def supernet(s: Setup) -> tuple[nn.Module, list, list]:
+def supernet(s: Setup, fuse: bool = False) -> tuple[nn.Module, list, list]:
     net = prepare_search_(make_net(s), s.space, sampler=GumbelSampler(tau=1.0)).to(s.device)
+    fuse_candidates(net, fuse)
     theta = [g.choice.theta for g in search_groups(net)]
     weights = [p for p in net.parameters() if all(p is not t for t in theta)]
     return net, weights, theta
 
 
-def supernet_step(s: Setup) -> Step:
-    net, weights, theta = supernet(s)
+def supernet_step(s: Setup, fuse: bool = False) -> Step:
+    net, weights, theta = supernet(s, fuse)
     return train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
 
 
@@ -182,10 +188,10 @@ def supernet_by_group_step(s: Setup) -> Step:
     return by_group
 
 
-def supernet_refit_step(s: Setup, every: int = REFIT_EVERY) -> Step:
+def supernet_refit_step(s: Setup, every: int = REFIT_EVERY, fuse: bool = False) -> Step:
     """supernet_step with the scales kept while the weights change, fitted again every `every`
     steps (as SupernetModule's refit_every holds them)."""
-    net, weights, theta = supernet(s)
+    net, weights, theta = supernet(s, fuse)
     step = train_step(net, torch.optim.Adam([{"params": weights}, {"params": theta}], lr=1e-3))
     steps = itertools.count()
 
@@ -196,15 +202,15 @@ def supernet_refit_step(s: Setup, every: int = REFIT_EVERY) -> Step:
 
 
 def bilevel_step(s: Setup, search_batch: tuple, arch_every: int = 1, at_plan: bool = False,
-                 refit_every: int = 1) -> Step:
+                 refit_every: int = 1, fuse: bool = False) -> Step:
     """One iteration of SupernetModule's search: on every arch_every-th batch the arch step on
     the search batch, then the weight step on the batch, then (after an arch step) the
     multiplier's update, and on every batch the measures the module logs. `at_plan`: the weight
     step at the plan the search would return now (the argmax repaired by the knapsack, derived
     again after each arch step; `weights_at: plan`); `refit_every` > 1: the scales fitted on every
     refit_every-th batch only and held in between (counted over the whole run: the module counts
-    within an epoch, the same for timing)."""
-    net, weights, theta = supernet(s)
+    within an epoch, the same for timing). `fuse`: `fuse_candidates` on."""
+    net, weights, theta = supernet(s, fuse)
     w_opt, a_opt = torch.optim.Adam(weights, lr=1e-3), torch.optim.Adam(theta, lr=3e-2)
     target = Budget("avg_bits", 2.0)
     budget = BudgetRegularizer(net, target)
@@ -405,6 +411,9 @@ def main() -> None:
                     help="epochs of the whole-search wall-time comparison; 0 skips it")
     ap.add_argument("--search_batches", type=int, default=None,
                     help="training batches per epoch in that comparison (default: all)")
+    ap.add_argument("--fuse", action="store_true",
+                    help="also time the supernet, its refit_every 8 and search_fast with fuse_candidates "
+                         "(each group's candidates in one torch.compile'd pass; compiled before the timing)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the steps run (cuda: the first GPU; memory is then the CUDA allocator's peak)")
     args = ap.parse_args()
@@ -432,7 +441,18 @@ def main() -> None:
     for k in ARCH_EVERY[1:]:
         builders[f"bilevel_every{k}"] = partial(bilevel_step, s, search_batch, k)
     builders[FAST] = partial(bilevel_step, s, search_batch, FAST_ARCH_EVERY, at_plan=True, refit_every=REFIT_EVERY)
+    if args.fuse:  # compiled on first use: built and run once before the timing
+        builders["supernet_fused"] = partial(supernet_step, s, fuse=True)
+        builders[f"supernet_refit{REFIT_EVERY}_fused"] = partial(supernet_refit_step, s, fuse=True)
+        builders[f"{FAST}_fused"] = partial(bilevel_step, s, search_batch, FAST_ARCH_EVERY, at_plan=True,
+                                            refit_every=REFIT_EVERY, fuse=True)
 
+    start = time.perf_counter()
+    for name, build in builders.items():  # the fused configurations compile their kernels here, on
+        if name.endswith("_fused"):       # two batches (two shapes of looked-up embedding rows)
+            step = build()
+            step(batches[0]), step(batches[1])
+    compile_s = time.perf_counter() - start
     steps = {name: build() for name, build in builders.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i, batch in enumerate(batches):
@@ -447,6 +467,12 @@ def main() -> None:
                  if not name.startswith("supernet_refit")}
     median = {name: statistics.median(t) for name, t in times.items()}
     windows = {name: statistics.median(window_means(t)) for name, t in times.items()}
+    fused = {"step_ratio": {"supernet_fused": round(median["supernet_fused"] / median["fp32"], 3)},
+             "refit_ratio": {f"supernet_refit{REFIT_EVERY}_fused": refit_ratio(
+                 times[f"supernet_refit{REFIT_EVERY}_fused"], times["fp32"], args.warmup)},
+             "iteration_ratio": {f"{FAST_CONFIG}_fused": refit_ratio(times[f"{FAST}_fused"], times["fp32"],
+                                                                     args.warmup)},
+             "compile_s": round(compile_s, 1)} if args.fuse else None
     iterations = {**{f"arch_every_{k}": "bilevel" if k == 1 else f"bilevel_every{k}" for k in ARCH_EVERY},
                   "at_plan": "bilevel_at_plan", "post_training": "post_training"}
     groups = len(search_groups(prepare_search_(make_net(s), s.space)))
@@ -468,6 +494,7 @@ def main() -> None:
         "iteration_windows": len(window_means(times["fp32"])),
         "iteration_ratio": {**{k: round(windows[name] / windows["fp32"], 3) for k, name in iterations.items()},
                             FAST_CONFIG: refit_ratio(times[FAST], times["fp32"], args.warmup)},
+        "fused": fused,
         "goals": {"step_ratio.supernet": 1.20 if args.space == "cnn" else 1.10,
                   f"iteration_ratio.{FAST_CONFIG}": 1.4, "memory_ratio.supernet": 1.2},
     }

@@ -51,6 +51,11 @@ overhead on the flagship LSTM. Validation and the derived plan's stages fit on t
 they are. A run resumed in the middle of an epoch fits at its first batch, so its scales differ
 from an uninterrupted run's until the next refit (from an epoch's end, as checkpoints are
 written, it resumes exactly).
+`fuse_candidates=True` quantizes and mixes a soft sample's candidates of each weight in one
+`torch.compile`d pass, and computes their gradients in another (search/choice.py `fuse_candidates`,
+quant/fused.py), the same numbers to float rounding [False]: each weight shape compiles once
+(seconds to a minute on a CPU), then a step costs less (BENCHMARKS.md, "Search step cost").
+Where compilation is unavailable it warns once and runs the same expressions uncompiled.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
 two-sided), lambda ramped linearly after the warm-up.
@@ -67,6 +72,7 @@ from torch import nn
 from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import (BudgetRegularizer, activation_groups, derive_plan, get_sampler, hold_fitted_scales,
                             prepare_search_, search_groups, training_at_plan)
+from nas_mpq.search import fuse_candidates as set_fuse_candidates
 from nas_mpq.sensitivity import load_sensitivity
 
 from .common import TaskModule, OptimizerFactory, SpaceConfig, weight_param_groups
@@ -106,7 +112,7 @@ class SupernetModule(PlanSelection, TaskModule):
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, arch_every: int = 1, refit_every: int = 1,
-                 min_fill: float | None = None,
+                 fuse_candidates: bool = False, min_fill: float | None = None,
                  train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
                  weights_at: str = "sample",
                  plan_from: str = "last", probe_steps: int = 300, probe_top: int = 3,
@@ -122,6 +128,7 @@ class SupernetModule(PlanSelection, TaskModule):
         self.budget = budget
         self.weight_factory, self.arch_factory = optimizer, arch_optimizer
         prepare_search_(self.net, self.search_space)
+        set_fuse_candidates(self.net, fuse_candidates)
         self.sampler = get_sampler(self.net)
         self.sampler.generator.manual_seed(seed)
         self.regularizer = BudgetRegularizer(self.net, budget, penalty)

@@ -1,6 +1,7 @@
 """Pure-torch weight quantizers and straight-through estimators."""
 from .activation import ACTIVATION_BIT_WIDTHS, ActivationQuantizer, check_activation_bits
 from .functional import VALID_BITS, check_bits, identity_ste, qmax, round_ste
+from . import fused
 from .quantizers import (
     QUANT_METHODS,
     BinaryQuantizer,

@@ -24,6 +24,9 @@ class WeightQuantizer(nn.Module):
     identity_grad = True
     uses_stats = True
     """False for quantizers that ignore the shared weight statistics (no need to compute them)."""
+    fused_kind: tuple[str, int] | None = None
+    """How `quant.fused` computes this quantizer's value (with the scale from `fitted_scale`), or
+    None where it cannot (a learned step size, pruning)."""
 
     def __init__(self, bits: int, per_channel: bool = False) -> None:
         super().__init__()
@@ -39,6 +42,10 @@ class WeightQuantizer(nn.Module):
         quantizers that need no new tensor (32 bits: w itself) ignore it."""
         with torch.no_grad():
             return self.forward(w)
+
+    def fitted_scale(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor | None:
+        """The scale `value(w, stats)` uses (None: the value needs none)."""
+        return None
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer codes as floats, scale) with `codes * scale` equal to `value(w)`; for 16 and
@@ -64,6 +71,7 @@ class FullPrecision(WeightQuantizer):
         super().__init__(bits, per_channel)
         if self.bits not in (16, 32):
             raise ValueError(f"FullPrecision takes 16 or 32 bits, got {bits}")
+        self.fused_kind = ("full", 0) if self.bits == 32 else None  # compiled, float16 rounding may be elided
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.bits == 32 else F.half_quantize(w)
@@ -92,6 +100,8 @@ class Prune(WeightQuantizer):
 class BinaryQuantizer(WeightQuantizer):
     """1 bit: `mean|w| * sign(w)`."""
 
+    fused_kind = ("binary", 0)
+
     def __init__(self, bits: int = 1, per_channel: bool = False) -> None:
         super().__init__(1, per_channel)
 
@@ -100,7 +110,10 @@ class BinaryQuantizer(WeightQuantizer):
 
     def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
               out: torch.Tensor | None = None) -> torch.Tensor:
-        return F.binary_value(w, _scale(w, 1, self.per_channel, stats), out)
+        return F.binary_value(w, self.fitted_scale(w, stats), out)
+
+    def fitted_scale(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+        return _scale(w, 1, self.per_channel, stats)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.binary_codes(w), F.fit_scale(w, 1, self.per_channel)
@@ -112,16 +125,19 @@ class UniformQuantizer(WeightQuantizer):
 
     def __init__(self, bits: int, per_channel: bool = False) -> None:
         super().__init__(bits, per_channel)
-        F.qmax(self.bits)
+        self.fused_kind = ("uniform", F.qmax(self.bits))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return F.uniform_quantize(w, self.bits, self.per_channel)
 
     def value(self, w: torch.Tensor, stats: F.WeightStats | None = None,
               out: torch.Tensor | None = None) -> torch.Tensor:
-        s = _scale(w, self.bits, self.per_channel, stats)
+        s = self.fitted_scale(w, stats)
         q = F.qmax(self.bits)
         return torch.mul(w.detach(), s.reciprocal(), out=out).round_().clamp_(-q, q).mul_(s)
+
+    def fitted_scale(self, w: torch.Tensor, stats: F.WeightStats | None = None) -> torch.Tensor:
+        return _scale(w, self.bits, self.per_channel, stats)
 
     def codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = F.fit_scale(w, self.bits, self.per_channel)

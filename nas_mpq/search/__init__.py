@@ -4,7 +4,7 @@ from .activations import (ActivationGroup, activation_groups, attach_input_choic
                           detach_input_choices_)
 from .attention import SearchMultiheadAttention
 from .budget import PENALTIES, BudgetRegularizer
-from .choice import CompositeWeight, MixedPrecisionChoice, hold_fitted_scales
+from .choice import CompositeWeight, MixedPrecisionChoice, fuse_candidates, hold_fitted_scales
 from .conv1d import SearchConv1D
 from .coverage import coverage_report, coverage_summary
 from .derive import derive_plan
@@ -19,7 +19,7 @@ from .space import GroupRule, SearchSpace
 from .surgery import apply_plan_, check_plan_matches, get_sampler, prepare_search_, to_float_, uniform_plan
 
 __all__ = [
-    "CompositeWeight", "GumbelSampler", "MixedPrecisionChoice", "hold_fitted_scales", "pin_plan_", "training_at_plan", "SearchableMixin", "SubstitutedForward",
+    "CompositeWeight", "GumbelSampler", "MixedPrecisionChoice", "fuse_candidates", "hold_fitted_scales", "pin_plan_", "training_at_plan", "SearchableMixin", "SubstitutedForward",
     "SearchEmbedding", "SearchLinear", "SearchLSTM", "SearchConv2d", "SearchMultiheadAttention", "SearchConv1D",
     "register_layer", "find_layer", "registered_layers", "BlockSplit", "GroupSlice", "GroupRule", "SearchSpace",
     "SearchGroup", "prepare_search_", "to_float_", "apply_plan_", "derive_plan", "check_plan_matches",

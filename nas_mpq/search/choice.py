@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..quant import QuantizerSettings, WeightQuantizer
+from ..quant import QuantizerSettings, WeightQuantizer, fused
 from ..quant.functional import FIT_BATCH_ELEMENTS, FIT_SAMPLE, WeightStats, fit_pass_elements
 from .sampler import one_hot
 
@@ -33,6 +33,10 @@ class CompositeWeight(torch.autograd.Function):
     y of shape (K,) mixes the candidates of one group; y of shape (K, N, 1, ...) those of N groups
     whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
 
+    `fuse`: where every candidate is active and `quant.fused` computes each (`fused_kind`), the
+    forward mixes them in one compiled pass and the backward computes every dL/dy_k in another
+    (the choices' `fuse`, set by `fuse_candidates`).
+
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
     dL/dy_k = <G, Q_k(w)>, and none where y needs no gradient (a pinned plan, the argmax).
     Quantizers with the identity STE and no parameters contribute `y_k G` to dL/dw directly; the
@@ -41,9 +45,14 @@ class CompositeWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, w: torch.Tensor, y: torch.Tensor, active: Sequence[int],
-                quantizers: Sequence[WeightQuantizer], stats: WeightStats | None,
+                quantizers: Sequence[WeightQuantizer], stats: WeightStats | None, fuse: bool,
                 *params: torch.Tensor) -> torch.Tensor:
-        ctx.quantizers, ctx.stats = quantizers, stats
+        ctx.quantizers, ctx.stats, ctx.kinds = quantizers, stats, None
+        if fuse and 1 < len(active) == len(quantizers) and all(q.fused_kind for q in quantizers):
+            ctx.kinds = tuple(q.fused_kind for q in quantizers)
+            ctx.scales = [q.fitted_scale(w, stats) for q in quantizers]
+            ctx.save_for_backward(w, y)
+            return fused.mix(w, y, ctx.scales, ctx.kinds)
         if _stacks(w, active, quantizers):
             values = torch.stack([q.value(w, stats) for q in quantizers])
             ctx.save_for_backward(w, y, values)
@@ -65,18 +74,24 @@ class CompositeWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         need_y = ctx.needs_input_grad[1]  # not for a pinned plan or the argmax (y a constant one-hot)
+        if ctx.kinds is not None:  # the fused forward: every candidate with the identity STE
+            w, y = ctx.saved_tensors
+            grad_w = grad * y.sum(0) if ctx.needs_input_grad[0] else None
+            blocks = y.shape[1] if y.dim() > 1 else 0
+            grad_y = fused.inner(w, grad, ctx.scales, ctx.kinds, blocks).reshape(y.shape) if need_y else None
+            return (grad_w, grad_y, None, None, None, None)
         if len(ctx.saved_tensors) == 3:  # the stacked forward kept every candidate's value
             w, y, values = ctx.saved_tensors
             grad_w = grad * y.sum(0) if ctx.needs_input_grad[0] else None
             if not need_y:
-                return (grad_w, None, None, None, None)
+                return (grad_w, None, None, None, None, None)
             if y.dim() == 1:
                 grad_y = values.reshape(len(y), -1) @ grad.reshape(-1)
             else:  # one number per candidate and block: (N, K, M) @ (N, M, 1)
                 k, n = y.shape[:2]
                 grad_y = torch.bmm(values.reshape(k, n, -1).transpose(0, 1), grad.reshape(n, -1, 1)).reshape(n, k).t()
                 grad_y = grad_y.reshape(y.shape)
-            return (grad_w, grad_y, None, None, None)
+            return (grad_w, grad_y, None, None, None, None)
         w, y = ctx.saved_tensors
         quantizers: Sequence[WeightQuantizer] = ctx.quantizers
         params = [p for q in quantizers for p in q.parameters()]
@@ -104,7 +119,8 @@ class CompositeWeight(torch.autograd.Function):
             for p, g in zip(own, grads[1:]):
                 if g is not None:
                     grad_params[id(p)] = g
-        return (grad_w, grad_y if need_y else None, None, None, None, *[grad_params.get(id(p)) for p in params])
+        return (grad_w, grad_y if need_y else None, None, None, None, None,
+                *[grad_params.get(id(p)) for p in params])
 
 
 STACKED_ELEMENTS = 1 << 18
@@ -161,6 +177,7 @@ class MixedPrecisionChoice(nn.Module):
         self.pinned: int | None = None  # the candidate evaluation forwards use instead of the argmax
         self._stats: dict[tuple, tuple[int, WeightStats]] = {}  # by where the weight lies: (version, stats)
         self.hold_stats = False  # keep the fitted scales while the weight changes (refit_every)
+        self.fuse = False  # a soft sample's candidates in one compiled pass (`fuse_candidates`)
 
     @property
     def sample(self) -> torch.Tensor | None:
@@ -261,7 +278,7 @@ class MixedPrecisionChoice(nn.Module):
         y = w.new_ones(1) if self.theta is None else self.weights().to(w.device, w.dtype)
         params = [p for q in self.quantizers for p in q.parameters()]
         stats = stats if stats is not None else self.shared_stats(w)
-        return CompositeWeight.apply(w, y, self.active_candidates(), list(self.quantizers), stats, *params)
+        return CompositeWeight.apply(w, y, self.active_candidates(), list(self.quantizers), stats, self.fuse, *params)
 
     def extra_repr(self) -> str:
         return f"candidates={self.candidates}"
@@ -276,6 +293,16 @@ def hold_fitted_scales(net: nn.Module, hold: bool, forget: bool) -> None:
             if forget:
                 module.clear_stats()
             module.hold_stats = hold
+
+
+def fuse_candidates(net: nn.Module, fuse: bool) -> None:
+    """Set every choice's `fuse` in `net`: a soft sample's candidates quantized and mixed in one
+    compiled pass (`quant.fused`: `torch.compile`, uncompiled where it is unavailable), and their
+    dL/dy in one more. Each new weight shape compiles once (seconds to a minute on a CPU), so it
+    pays over a search's thousands of steps, not a few."""
+    for module in net.modules():
+        if isinstance(module, MixedPrecisionChoice):
+            module.fuse = fuse
 
 
 def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice]) -> torch.Tensor | None:
@@ -301,7 +328,7 @@ def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice
     y = torch.stack([c.sample for c in choices], dim=1).to(blocks.device, blocks.dtype)
     y = y.view(*y.shape, *(1,) * (blocks.dim() - 1))  # (K, N, 1, ...): broadcast over each block
     stats = first.shared_stats(blocks, per_block=True)
-    return CompositeWeight.apply(blocks, y, every, list(first.quantizers), stats)
+    return CompositeWeight.apply(blocks, y, every, list(first.quantizers), stats, first.fuse)
 
 
 def record_argmax_(choices: Sequence[MixedPrecisionChoice]) -> None:

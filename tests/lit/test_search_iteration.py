@@ -1,6 +1,7 @@
 """What one iteration of the supernet search costs: no tensor read back to the host per weight
-group, `arch_every` (the choices' step on every k-th training batch only) and `refit_every` (the
-quantizer scales fitted on every k-th batch only)."""
+group, `arch_every` (the choices' step on every k-th training batch only), `refit_every` (the
+quantizer scales fitted on every k-th batch only) and `fuse_candidates` (a group's candidates in
+one compiled pass)."""
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import host_reads, tiny_lm
 from nas_mpq.data import LMDataModule
 from nas_mpq.lit import SpaceConfig, SupernetModule
 from nas_mpq.plan import Budget
-from nas_mpq.quant import functional
+from nas_mpq.quant import functional, fused
 from nas_mpq.search import choice, sampler
 
 
@@ -163,3 +164,37 @@ def test_refit_every_fits_the_scales_on_every_kth_batch_of_an_epoch(corpus_dir, 
 def test_refit_every_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match=rf"refit_every must be a positive integer .* got {bad!r}"):
         SupernetModule(tiny_lm(), refit_every=bad)
+
+
+def _searched_theta(corpus_dir: Path, fuse: bool) -> tuple[SupernetModule, torch.Tensor]:
+    module = SupernetModule(tiny_lm(vocab=200, dim=16), budget=Budget("avg_bits", 2.0), warmup_fraction=0.0,
+                            hard_below=None, fuse_candidates=fuse, seed=0)
+    pl.seed_everything(0)
+    pl.Trainer(max_epochs=1, limit_train_batches=6, limit_val_batches=1, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(
+        module, datamodule=LMDataModule(str(corpus_dir), max_vocab=200, batch_size=8, eval_batch_size=4, bptt=12))
+    return module, torch.cat([c.theta.detach() for c in module._choices() if c.theta is not None])
+
+
+def test_fuse_candidates_searches_as_the_unfused_search(corpus_dir, monkeypatch):
+    """fuse_candidates=True: every choice fuses, and a short search moves theta as the unfused
+    one does, to float rounding (the one-pass functions run uncompiled here; test_fused.py and the
+    slow test below compile them)."""
+    _, theta = _searched_theta(corpus_dir, fuse=False)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(lambda *a: calls.append(1) or fused._mix(*a)))
+    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
+    module, theta_fused = _searched_theta(corpus_dir, fuse=True)
+    assert all(c.fuse for c in module._choices()) and calls
+    torch.testing.assert_close(theta_fused, theta, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fuse_candidates_compiled_searches_as_the_unfused_search(corpus_dir):
+    module, theta = _searched_theta(corpus_dir, fuse=False)
+    fused_module, theta_fused = _searched_theta(corpus_dir, fuse=True)
+    assert fused._mix_compiled.failed is None and fused._inner_compiled.failed is None
+    torch.testing.assert_close(theta_fused, theta, rtol=1e-4, atol=1e-5)
+    bits = [{n: g["bits"] for n, g in m.derive_plan().to_dict()["groups"].items()} for m in (module, fused_module)]
+    assert bits[0] == bits[1]

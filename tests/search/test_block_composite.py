@@ -7,8 +7,8 @@ import torch
 
 from conftest import tiny_lm
 from nas_mpq.quant import functional as F
-from nas_mpq.quant import make_quantizer
-from nas_mpq.search import GroupRule, GumbelSampler, MixedPrecisionChoice, SearchSpace, prepare_search_
+from nas_mpq.quant import fused, make_quantizer
+from nas_mpq.search import GroupRule, fuse_candidates, GumbelSampler, MixedPrecisionChoice, SearchSpace, prepare_search_
 from nas_mpq.search import layers as search_layers
 from nas_mpq.search import choice as choice_module
 from nas_mpq.search.choice import STACKED_ELEMENTS, block_composite
@@ -24,12 +24,13 @@ MODELS = {
 }
 
 
-def soft_step(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def soft_step(name: str, fuse: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and gradients of one soft-sampled forward and backward of a fresh supernet, in float64
     (so that the order of the float sums leaves the gradients equal to about 1e-12)."""
     torch.manual_seed(0)
     net, space = MODELS[name]()
     prepare_search_(net.double(), space, sampler=GumbelSampler(tau=1.0, seed=0)).train()
+    fuse_candidates(net, fuse)
     out = net(*(t.double() if t.is_floating_point() else t for t in net.example_input(4)))
     loss = (out[0] if isinstance(out, tuple) else out).square().mean()
     loss.backward()
@@ -149,3 +150,26 @@ def test_other_choices_are_computed_group_by_group():
     evaluation = _choices(3)
     evaluation[0].sample = None  # the argmax
     assert block_composite(blocks, evaluation) is None
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fused_candidates_give_the_unfused_step(name, monkeypatch):
+    """fuse_candidates: every soft composite (blocks, whole weights, an embedding's looked-up rows)
+    through the one-pass functions (run uncompiled here), the loss and every gradient (weights,
+    theta) those of the unfused step up to the order of float sums."""
+    soft: list[tuple] = []  # the composites of more than one candidate that take an unfused path
+    stacks = choice_module._stacks
+    monkeypatch.setattr(choice_module, "_stacks",
+                        lambda w, active, qs: (len(active) > 1 and soft.append(w.shape)) or stacks(w, active, qs))
+    loss, grads = soft_step(name)
+    unfused, soft[:] = list(soft), []
+    mixed: list[tuple] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(lambda *a: mixed.append(a[0].shape) or fused._mix(*a)))
+    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
+    loss_fused, grads_fused = soft_step(name, fuse=True)
+    assert unfused and not soft and mixed == unfused  # every soft composite took the one pass
+    torch.testing.assert_close(loss_fused, loss, rtol=1e-12, atol=0)
+    assert grads_fused.keys() == grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads_fused[n], grads[n], rtol=1e-9, atol=1e-12, msg=n)
