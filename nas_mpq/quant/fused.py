@@ -17,6 +17,7 @@ compiled ones to float rounding, and with the candidates' own `value` to float r
 """
 from __future__ import annotations
 
+import shutil
 import threading
 import warnings
 from typing import Callable, Sequence
@@ -51,6 +52,11 @@ def _inner(w: torch.Tensor, grad: torch.Tensor, scales: Sequence[torch.Tensor | 
     return torch.stack([(grad * _value(w, kind, s)).reshape(shape).sum(-1) for kind, s in zip(kinds, scales)])
 
 
+def compiler_available() -> bool:
+    """Whether torch.compile can build CPU kernels here: a C++ compiler on the PATH."""
+    return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
 class _Compiled:
     """`torch.compile(fn)`, built on first use; on a compilation error, a warning and `fn` itself
     for good (each compiled function falls back on its own)."""
@@ -69,7 +75,8 @@ class _Compiled:
             return self._compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            warnings.warn(f"fuse_candidates: torch.compile failed ({self.failed}); the candidates are "
+            hint = "" if compiler_available() else "; no C++ compiler (c++, g++, clang++) on the PATH"
+            warnings.warn(f"fuse_candidates: torch.compile failed ({self.failed}{hint}); the candidates are "
                           f"quantized uncompiled from now on", RuntimeWarning, stacklevel=2)
             return self.fn(*args)
 
