@@ -38,7 +38,9 @@ Adam step):
                 the supernet step, its refit_every 8 form and the search_fast iteration with
                 fuse_candidates on: each weight's soft candidates quantized and mixed in one
                 torch.compile'd pass, their dL/dy in another (compiled on two batches before the
-                timing: `fused.compile_s`);
+                timing; `fused.compile_s`: the seconds of that warm-up, each configuration built
+                and run for two steps, compilation included); in search_fast only the arch
+                steps' composites are soft, so only they fuse (the weight step runs at the plan);
   kpath         the reference without the composite weight: K = 5 forward passes, one per
                 candidate, their logits mixed by the sample (K quantized weight sets and K sets of
                 activations kept for backward).

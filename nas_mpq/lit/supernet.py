@@ -53,8 +53,9 @@ from an uninterrupted run's until the next refit (from an epoch's end, as checkp
 written, it resumes exactly).
 `fuse_candidates=True` quantizes and mixes a soft sample's candidates of each weight in one
 `torch.compile`d pass, and computes their gradients in another (search/choice.py `fuse_candidates`,
-quant/fused.py), the same numbers to float rounding [False]: each weight shape compiles once
-(seconds to a minute on a CPU), then a step costs less (BENCHMARKS.md, "Search step cost").
+quant/fused.py), the same numbers to float rounding [False]: the first steps compile a few graphs
+(seconds to a minute on a CPU), then a soft step costs less (BENCHMARKS.md, "One pass over a
+group's candidates"); the weight step at a pinned plan and hard samples are not soft.
 Where compilation is unavailable it warns once and runs the same expressions uncompiled.
 `single_level=True` instead adds the budget term to the training loss and steps both optimisers
 on it. `penalty: one_sided | two_sided` uses the squared penalty `lam max(0, E/S_T - 1)^2` (or
@@ -112,12 +113,12 @@ class SupernetModule(PlanSelection, TaskModule):
                  tau_end: float = 0.2, hard_below: float | None = 0.5, entropy_weight: float = 0.02,
                  sharpen_from: float = 0.6, grad_clip: float = 1.0, arch_grad_clip: float = 5.0,
                  single_level: bool = False, arch_every: int = 1, refit_every: int = 1,
-                 fuse_candidates: bool = False, min_fill: float | None = None,
+                 min_fill: float | None = None,
                  train_weights: bool = True, weights_until: float = 1.0, hard_warmup: bool = False,
                  weights_at: str = "sample",
                  plan_from: str = "last", probe_steps: int = 300, probe_top: int = 3,
                  init_prior: bool = True, init_sensitivity: str | None = None, init_temperature: float = 1.0,
-                 seed: int = 0) -> None:
+                 fuse_candidates: bool = False, seed: int = 0) -> None:
         super().__init__(net, seed)
         self.save_hyperparameters(ignore=["net", "optimizer", "arch_optimizer"])
         # plain values in checkpoints, so they load with torch.load(weights_only=True)

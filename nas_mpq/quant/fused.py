@@ -8,9 +8,11 @@ three to five operators per candidate, each a pass over memory. `kinds` holds ea
 32 bits; not 16 bits, whose rounding through float16 the compiler may elide); `scales` its fitted
 scale (per tensor, per channel or per block, broadcast against w; None for "full").
 
-Where compilation is unavailable (no C++ compiler, an unsupported platform) or fails, the first
-call warns once and the same expressions run uncompiled from then on: the numbers agree with the
-compiled ones to float rounding, and with the candidates' own `value` to float rounding too.
+Where compilation is unavailable (no C++ compiler, an unsupported platform), fails, or would pass
+RECOMPILE_LIMIT graphs, the first such call warns once and the same expressions run uncompiled
+from then on: the numbers agree with the compiled ones to float rounding, and with the
+candidates' own `value` to float rounding too (float32 and float64 weights: in reduced precision
+the compiled code computes in float32 and could round a weight to another code).
 
     >>> w, y = torch.randn(64, 32), torch.softmax(torch.randn(3), 0)
     >>> mix(w, y, [w.abs().mean(), torch.tensor(0.3), None], (("binary", 0), ("uniform", 7), ("full", 0)))
@@ -57,9 +59,16 @@ def compiler_available() -> bool:
     return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
 
 
+RECOMPILE_LIMIT = 32
+"""Graphs each fused function may compile (one per rank, stride pattern and candidate set in
+use; torch's own default, 8, is shared with everything else a process compiles). Past it the
+call falls back, with the warning, instead of dynamo running it uncompiled unnoticed."""
+
+
 class _Compiled:
-    """`torch.compile(fn)`, built on first use; on a compilation error, a warning and `fn` itself
-    for good (each compiled function falls back on its own)."""
+    """`torch.compile(fn)`, built on first use. Where a compiled call fails and `fn` itself does
+    not (the compiler's failure, not the arguments'), a warning and `fn` for good (each compiled
+    function falls back on its own); an error `fn` raises too is raised."""
 
     def __init__(self, fn: Callable) -> None:
         self.fn, self._compiled, self._lock = fn, None, threading.Lock()
@@ -72,13 +81,15 @@ class _Compiled:
             if self._compiled is None:
                 self._compiled = torch.compile(self.fn, dynamic=None)
         try:
-            return self._compiled(*args)
-        except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+                return self._compiled(*args)
+        except Exception as err:  # noqa: BLE001 - judged by whether the uncompiled call succeeds
+            out = self.fn(*args)
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             hint = "" if compiler_available() else "; no C++ compiler (c++, g++, clang++) on the PATH"
             warnings.warn(f"fuse_candidates: torch.compile failed ({self.failed}{hint}); the candidates are "
                           f"quantized uncompiled from now on", RuntimeWarning, stacklevel=2)
-            return self.fn(*args)
+            return out
 
 
 _mix_compiled, _inner_compiled = _Compiled(_mix), _Compiled(_inner)

@@ -33,9 +33,9 @@ class CompositeWeight(torch.autograd.Function):
     y of shape (K,) mixes the candidates of one group; y of shape (K, N, 1, ...) those of N groups
     whose weights are the N equal blocks `w[n]` (`block_composite`), each with its own y[:, n].
 
-    `fuse`: where every candidate is active and `quant.fused` computes each (`fused_kind`), the
-    forward mixes them in one compiled pass and the backward computes every dL/dy_k in another
-    (the choices' `fuse`, set by `fuse_candidates`).
+    `fuse` (the choices' `fuse`, set by `fuse_candidates`): where `_fuses` (every candidate
+    active and computed by `quant.fused`, a float32/float64 weight), the forward mixes them in
+    one compiled pass and the backward computes every dL/dy_k in another.
 
     Backward does not keep K quantized copies: it recomputes each Q_k(w) once for
     dL/dy_k = <G, Q_k(w)>, and none where y needs no gradient (a pinned plan, the argmax).
@@ -48,7 +48,7 @@ class CompositeWeight(torch.autograd.Function):
                 quantizers: Sequence[WeightQuantizer], stats: WeightStats | None, fuse: bool,
                 *params: torch.Tensor) -> torch.Tensor:
         ctx.quantizers, ctx.stats, ctx.kinds = quantizers, stats, None
-        if fuse and 1 < len(active) == len(quantizers) and all(q.fused_kind for q in quantizers):
+        if fuse and _fuses(w, active, quantizers):
             ctx.kinds = tuple(q.fused_kind for q in quantizers)
             ctx.scales = [q.fitted_scale(w, stats) for q in quantizers]
             ctx.save_for_backward(w, y)
@@ -134,6 +134,15 @@ def _stacks(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQ
     with the identity STE and no parameters, and the stacked values within STACKED_ELEMENTS."""
     return (1 < len(active) == len(quantizers) and len(quantizers) * w.numel() <= STACKED_ELEMENTS
             and all(q.identity_grad and not any(True for _ in q.parameters()) for q in quantizers))
+
+
+def _fuses(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQuantizer]) -> bool:
+    """Whether CompositeWeight can take the one-pass path (`fuse`): every candidate active (a soft
+    sample), each computed by `quant.fused` (`fused_kind`: the identity STE, no parameters), and a
+    float32 or float64 weight."""
+    return (1 < len(active) == len(quantizers) and w.dtype in (torch.float32, torch.float64)
+            and all(q.fused_kind is not None and q.identity_grad and next(q.parameters(), None) is None
+                    for q in quantizers))
 
 
 def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -298,8 +307,10 @@ def hold_fitted_scales(net: nn.Module, hold: bool, forget: bool) -> None:
 def fuse_candidates(net: nn.Module, fuse: bool) -> None:
     """Set every choice's `fuse` in `net`: a soft sample's candidates quantized and mixed in one
     compiled pass (`quant.fused`: `torch.compile`, uncompiled where it is unavailable), and their
-    dL/dy in one more. Each new weight shape compiles once (seconds to a minute on a CPU), so it
-    pays over a search's thousands of steps, not a few."""
+    dL/dy in one more. A group any of whose candidates `quant.fused` does not compute (16 bits, a
+    learned step size, pruning) stays unfused whole. The first steps compile a few graphs (one per
+    weight rank and layout; seconds to a minute on a CPU), so it pays over a search's thousands
+    of steps, not a few."""
     for module in net.modules():
         if isinstance(module, MixedPrecisionChoice):
             module.fuse = fuse

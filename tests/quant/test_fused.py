@@ -81,6 +81,39 @@ def test_a_compiler_failure_warns_once_and_falls_back(monkeypatch):
     assert "no C++ compiler" in fused._mix_compiled.failed
 
 
+def test_an_error_of_the_arguments_is_raised_not_taken_for_the_compilers(monkeypatch):
+    """A call that fails uncompiled too (here: scales of the wrong shape) raises its error and
+    leaves compilation on."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(fused._mix))
+    w, y = torch.randn(6, 4), torch.softmax(torch.randn(len(BITS)), 0)
+    _, scales, kinds, _ = _candidates(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="size of tensor"):
+            fused.mix(w, y, [torch.ones(5, 1)] + scales[1:], kinds)
+    assert fused._mix_compiled.failed is None
+
+
+@pytest.mark.slow
+def test_past_the_recompile_limit_it_warns_and_falls_back(monkeypatch):
+    """Really compiled: with room for one graph, a weight of another rank does not run uncompiled
+    unnoticed (dynamo's own behaviour at its limit) but warns and falls back."""
+    monkeypatch.setattr(fused, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(fused._mix))
+    torch.manual_seed(4)
+    for w in (torch.randn(16, 8), torch.randn(2, 16, 8)):
+        y = torch.softmax(torch.randn(len(BITS)), 0)
+        _, scales, kinds, stats = _candidates(w)
+        if w.dim() == 2:
+            fused.mix(w, y, scales, kinds)
+            assert fused._mix_compiled.failed is None
+            continue
+        with pytest.warns(RuntimeWarning, match="FailOnRecompileLimitHit"):
+            out = fused.mix(w, y, scales, kinds)
+        assert torch.equal(out, fused._mix(w, y, scales, kinds))
+
+
 @pytest.mark.slow
 def test_compiled_pass_matches_the_candidates_values():
     """Really compiled (a C++ compiler on the CPU): per tensor, per channel and per block, the mix

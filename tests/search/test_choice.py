@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nas_mpq.quant import make_quantizer
+from nas_mpq.quant import fused, make_quantizer
 from nas_mpq.search import GumbelSampler, MixedPrecisionChoice
 
 CANDIDATES = [1, 2, 4, 8, 32]
@@ -253,3 +253,23 @@ def test_stacked_and_buffered_composites_agree_with_autograd(monkeypatch, stacke
     assert torch.allclose(out, naive, rtol=1e-6, atol=1e-6)
     assert torch.allclose(w1.grad, w2.grad, rtol=1e-6, atol=1e-6)
     assert torch.allclose(y1.grad, y2.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["16_bits", "lsq", "hard_sample", "argmax", "float16"])
+def test_fuse_leaves_what_it_cannot_compute_exactly_unfused(monkeypatch, case):
+    """With `fuse` set, a group with a 16-bit or LSQ candidate, a one-hot pick (hard sample, the
+    argmax) and a float16 weight take the unfused path: the one-pass function is never called and
+    the composite is the unfused one to the bit."""
+    monkeypatch.setattr(fused, "_mix_compiled", lambda *args: pytest.fail("the one-pass function was called"))
+    torch.manual_seed(5)
+    w = torch.randn(20, 6, dtype=torch.float16 if case == "float16" else torch.float32)
+    cands = [1, 2, 4, 16] if case == "16_bits" else CANDIDATES
+    choice = MixedPrecisionChoice([make_quantizer(b, w, "lsq" if case == "lsq" else "uniform") for b in cands])
+    y = torch.softmax(torch.randn(len(cands)), 0).to(w.dtype)
+    if case == "hard_sample":
+        choice.set_sample(torch.nn.functional.one_hot(torch.tensor(2), len(cands)).to(w.dtype), 2)
+    elif case != "argmax":
+        choice.sample = y
+    expected = choice.composite(w)
+    choice.fuse = True
+    assert torch.equal(choice.composite(w), expected)
