@@ -1,6 +1,7 @@
 """Shared fixtures: a small real corpus folder (the head of Tiny Shakespeare), tiny LSTM LMs, a
 check that every weight of an exported model lies on its quantization table, and a guard on host
-reads of tensors; `load_benchmark` runs a script of benchmarks/ as a module."""
+reads of tensors; `uncompiled_fusion` runs quant.fused's one-pass functions without compiling them;
+`load_benchmark` runs a script of benchmarks/ as a module."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,6 +20,7 @@ from safetensors import safe_open
 
 import nas_mpq
 import search_spaces
+from nas_mpq.quant import fused
 from nas_mpq.quant.packing import unpack_codes
 from search_spaces.lstm_lm import LSTMLM, lstm_lm_space
 
@@ -48,6 +50,21 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_lm(vocab: int = 50, dim: int = 8, layers: int = 2, tie: bool = False, seed: int = 0) -> LSTMLM:
     torch.manual_seed(seed)
     return LSTMLM(vocab, embed_dim=dim, hidden_dim=dim, num_layers=layers, dropout=0.0, tie_weights=tie)
+
+
+@pytest.fixture
+def uncompiled_fusion(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
+    """quant.fused's functions through fresh `_Compiled` wrappers with torch.compile returning the
+    function itself (no compilation: fast); returns the shapes of the weights `mix` was called on."""
+    mixed: list[torch.Size] = []
+
+    def recording_mix(*args):
+        mixed.append(args[0].shape)
+        return fused._mix(*args)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(recording_mix))
+    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
+    return mixed
 
 
 @pytest.fixture

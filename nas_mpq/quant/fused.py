@@ -20,7 +20,6 @@ the compiled code computes in float32 and could round a weight to another code).
 from __future__ import annotations
 
 import shutil
-import threading
 import warnings
 from typing import Callable, Sequence
 
@@ -71,15 +70,14 @@ class _Compiled:
     function falls back on its own); an error `fn` raises too is raised."""
 
     def __init__(self, fn: Callable) -> None:
-        self.fn, self._compiled, self._lock = fn, None, threading.Lock()
+        self.fn, self._compiled = fn, None
         self.failed: str | None = None
 
     def __call__(self, *args):
         if self.failed is not None:
             return self.fn(*args)
-        with self._lock:
-            if self._compiled is None:
-                self._compiled = torch.compile(self.fn, dynamic=None)
+        if self._compiled is None:  # torch.compile imports dynamo: not at nas_mpq's import
+            self._compiled = torch.compile(self.fn, dynamic=None)
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
                 return self._compiled(*args)

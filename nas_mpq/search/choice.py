@@ -133,7 +133,12 @@ def _stacks(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQ
     """Whether CompositeWeight takes its stacked path: every candidate active (a soft sample), all
     with the identity STE and no parameters, and the stacked values within STACKED_ELEMENTS."""
     return (1 < len(active) == len(quantizers) and len(quantizers) * w.numel() <= STACKED_ELEMENTS
-            and all(q.identity_grad and not any(True for _ in q.parameters()) for q in quantizers))
+            and all(_plain(q) for q in quantizers))
+
+
+def _plain(q: WeightQuantizer) -> bool:
+    """The identity STE and no parameters: the candidate's gradient to w is y_k G, none to itself."""
+    return q.identity_grad and next(q.parameters(), None) is None
 
 
 def _fuses(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQuantizer]) -> bool:
@@ -141,8 +146,7 @@ def _fuses(w: torch.Tensor, active: Sequence[int], quantizers: Sequence[WeightQu
     sample), each computed by `quant.fused` (`fused_kind`: the identity STE, no parameters), and a
     float32 or float64 weight."""
     return (1 < len(active) == len(quantizers) and w.dtype in (torch.float32, torch.float64)
-            and all(q.fused_kind is not None and q.identity_grad and next(q.parameters(), None) is None
-                    for q in quantizers))
+            and all(q.fused_kind is not None and _plain(q) for q in quantizers))
 
 
 def _sum_at(y: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
@@ -331,7 +335,7 @@ def block_composite(blocks: torch.Tensor, choices: Sequence[MixedPrecisionChoice
     if not all(c.theta is not None and c.sample is not None and c.candidates == first.candidates
                and c.active_candidates() == every for c in choices):
         return None
-    if not all(q.identity_grad and not q.per_channel and next(q.parameters(), None) is None
+    if not all(_plain(q) and not q.per_channel
                for c in choices for q in c.quantizers):
         return None
     if fit_pass_elements(len(choices) * min(blocks[0].numel(), FIT_SAMPLE)) > FIT_BATCH_ELEMENTS:

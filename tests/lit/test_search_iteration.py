@@ -176,17 +176,13 @@ def _searched_theta(corpus_dir: Path, fuse: bool) -> tuple[SupernetModule, torch
     return module, torch.cat([c.theta.detach() for c in module._choices() if c.theta is not None])
 
 
-def test_fuse_candidates_searches_as_the_unfused_search(corpus_dir, monkeypatch):
+def test_fuse_candidates_searches_as_the_unfused_search(corpus_dir, uncompiled_fusion):
     """fuse_candidates=True: every choice fuses, and a short search moves theta as the unfused
     one does, to float rounding (the one-pass functions run uncompiled here; test_fused.py and the
     slow test below compile them)."""
     _, theta = _searched_theta(corpus_dir, fuse=False)
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(lambda *a: calls.append(1) or fused._mix(*a)))
-    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
     module, theta_fused = _searched_theta(corpus_dir, fuse=True)
-    assert all(c.fuse for c in module._choices()) and calls
+    assert all(c.fuse for c in module._choices()) and uncompiled_fusion
     torch.testing.assert_close(theta_fused, theta, rtol=1e-4, atol=1e-5)
 
 

@@ -19,16 +19,8 @@ def _candidates(w: torch.Tensor, per_channel: bool = False, per_block: bool = Fa
     return quantizers, [q.fitted_scale(w, stats) for q in quantizers], tuple(q.fused_kind for q in quantizers), stats
 
 
-@pytest.fixture
-def uncompiled(monkeypatch):
-    """The fused functions through `_Compiled` with torch.compile returning the function itself."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(fused._mix))
-    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
-
-
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fused_pass_is_every_candidates_value_mixed(uncompiled, per_channel):
+def test_fused_pass_is_every_candidates_value_mixed(uncompiled_fusion, per_channel):
     torch.manual_seed(0)
     w, y = torch.randn(48, 20), torch.softmax(torch.randn(len(BITS)), 0)
     quantizers, scales, kinds, stats = _candidates(w, per_channel)
@@ -38,7 +30,7 @@ def test_fused_pass_is_every_candidates_value_mixed(uncompiled, per_channel):
     assert torch.equal(fused.inner(w, grad, scales, kinds), torch.stack([(grad * v).sum() for v in values]))
 
 
-def test_fused_pass_per_block(uncompiled):
+def test_fused_pass_per_block(uncompiled_fusion):
     """Equal blocks (an LSTM weight's gates), each with its own scales and its own y: the inner
     products come one per candidate and block."""
     torch.manual_seed(1)
@@ -81,11 +73,9 @@ def test_a_compiler_failure_warns_once_and_falls_back(monkeypatch):
     assert "no C++ compiler" in fused._mix_compiled.failed
 
 
-def test_an_error_of_the_arguments_is_raised_not_taken_for_the_compilers(monkeypatch):
+def test_an_error_of_the_arguments_is_raised_not_taken_for_the_compilers(uncompiled_fusion):
     """A call that fails uncompiled too (here: scales of the wrong shape) raises its error and
     leaves compilation on."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(fused._mix))
     w, y = torch.randn(6, 4), torch.softmax(torch.randn(len(BITS)), 0)
     _, scales, kinds, _ = _candidates(w)
     with warnings.catch_warnings():
@@ -104,7 +94,7 @@ def test_past_the_recompile_limit_it_warns_and_falls_back(monkeypatch):
     torch.manual_seed(4)
     for w in (torch.randn(16, 8), torch.randn(2, 16, 8)):
         y = torch.softmax(torch.randn(len(BITS)), 0)
-        _, scales, kinds, stats = _candidates(w)
+        _, scales, kinds, _ = _candidates(w)
         if w.dim() == 2:
             fused.mix(w, y, scales, kinds)
             assert fused._mix_compiled.failed is None

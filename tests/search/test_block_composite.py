@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_lm
 from nas_mpq.quant import functional as F
-from nas_mpq.quant import fused, make_quantizer
+from nas_mpq.quant import make_quantizer
 from nas_mpq.search import GroupRule, fuse_candidates, GumbelSampler, MixedPrecisionChoice, SearchSpace, prepare_search_
 from nas_mpq.search import layers as search_layers
 from nas_mpq.search import choice as choice_module
@@ -153,7 +153,7 @@ def test_other_choices_are_computed_group_by_group():
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_fused_candidates_give_the_unfused_step(name, monkeypatch):
+def test_fused_candidates_give_the_unfused_step(name, monkeypatch, uncompiled_fusion):
     """fuse_candidates: every soft composite (blocks, whole weights, an embedding's looked-up rows)
     through the one-pass functions (run uncompiled here), the loss and every gradient (weights,
     theta) those of the unfused step up to the order of float sums."""
@@ -163,12 +163,8 @@ def test_fused_candidates_give_the_unfused_step(name, monkeypatch):
                         lambda w, active, qs: (len(active) > 1 and soft.append(w.shape)) or stacks(w, active, qs))
     loss, grads = soft_step(name)
     unfused, soft[:] = list(soft), []
-    mixed: list[tuple] = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(fused, "_mix_compiled", fused._Compiled(lambda *a: mixed.append(a[0].shape) or fused._mix(*a)))
-    monkeypatch.setattr(fused, "_inner_compiled", fused._Compiled(fused._inner))
     loss_fused, grads_fused = soft_step(name, fuse=True)
-    assert unfused and not soft and mixed == unfused  # every soft composite took the one pass
+    assert unfused and not soft and uncompiled_fusion == unfused  # every soft composite took the one pass
     torch.testing.assert_close(loss_fused, loss, rtol=1e-12, atol=0)
     assert grads_fused.keys() == grads.keys()
     for n in grads:
