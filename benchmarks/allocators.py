@@ -446,7 +446,12 @@ def main() -> None:
                     help="run nothing: summarise the finished runs (a table of an unfinished benchmark)")
     ap.add_argument("--pretrain", default="pretrain",
                     help="the config (in --configs, without .yaml) of the FP32 model every arm starts from")
+    ap.add_argument("--fp32_ckpt", action="store_true",
+                    help="leave <run_dir>/fp32/model.ckpt for commands that read it: retrained (and checked against "
+                         "the kept validation figure) when the ledger restored the FP32 run without it")
     args = ap.parse_args()
+    if args.fp32_ckpt and args.report_only:
+        ap.error("--fp32_ckpt trains when the checkpoint is missing; --report_only runs nothing: give one of them")
     root = Path(args.run_dir)
     starts = sorted(p.stem for p in Path(args.configs).glob("pretrain*.yaml") if p.stem != ARM_CONFIG["fp32_continued"])
     if args.pretrain not in starts:  # pretrain_continued continues a model: no start
@@ -456,6 +461,8 @@ def main() -> None:
         fp32 = bench.fp32()
     except NotRun:
         raise SystemExit(f"error: no finished FP32 run in {root / 'fp32'} or the ledger: nothing to report") from None
+    if args.fp32_ckpt and bench.run:
+        bench.need_fp32_ckpt()
     wanted = args.arms or [a for a in ARMS if (bench.configs / f"{ARM_CONFIG.get(a, 'search')}.yaml").exists()]
     arms = [a for a in wanted if a not in BASELINES]
     results: dict[str, dict[str, dict]] = {}

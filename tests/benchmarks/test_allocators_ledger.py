@@ -287,6 +287,25 @@ def test_without_an_averaged_run_the_benchmark_does_not_claim_its_validation(ben
     assert out["fp32_best_val"] is True and out["fp32_averaged_best_val"] is False
 
 
+def test_fp32_ckpt_leaves_the_checkpoint_a_restored_run_lacks_and_checks_it(bench_env, monkeypatch, capsys):
+    alloc, configs, calls, val, tmp = bench_env
+    ledger = tmp / "ledger.json"
+    run_main(alloc, monkeypatch, configs, tmp / "runs", "--ledger", str(ledger))
+    calls.clear()
+    run_main(alloc, monkeypatch, configs, tmp / "b", "--ledger", str(ledger))
+    assert calls == [] and not (tmp / "b" / "fp32" / "model.ckpt").exists()  # every run restored
+    run_main(alloc, monkeypatch, configs, tmp / "b", "--ledger", str(ledger), "--fp32_ckpt")
+    assert [(c[0], c[1]) for c in calls] == [("pretrain", "fp32")] and (tmp / "b" / "fp32" / "model.ckpt").exists()
+    run_main(alloc, monkeypatch, configs, tmp / "b", "--ledger", str(ledger), "--fp32_ckpt")
+    assert len(calls) == 1  # there already: not retrained
+    val["ppl"] = 101.0
+    with pytest.raises(SystemExit, match="validation perplexity 101.000, the ledger's 100.000"):
+        run_main(alloc, monkeypatch, configs, tmp / "c", "--ledger", str(ledger), "--fp32_ckpt")
+    with pytest.raises(SystemExit):
+        run_main(alloc, monkeypatch, configs, tmp / "b", "--fp32_ckpt", "--report_only")
+    assert "--report_only runs nothing" in capsys.readouterr().err
+
+
 def test_a_config_that_is_no_fp32_start_is_refused(bench_env, monkeypatch, capsys):
     alloc, configs, calls, _, tmp = bench_env
     for bad in ("pretrain_continued", "pretrain_nope"):
@@ -326,3 +345,26 @@ def test_the_fast_config_is_the_short_config_with_the_fast_arms_settings(model):
     for flag, value in zip(overrides[::2], overrides[1::2]):
         short["model"][flag.removeprefix("--model.")] = yaml.safe_load(value)
     assert yaml.safe_load((folder / "search_fast.yaml").read_text()) == short
+
+
+CURRENT_LEDGERS = ("allocators-lstm.json", "allocators-lstm-v3.json", "allocators-lstm-v4.json",
+                   "allocators-transformer-v3.json")
+"""The ledgers BENCHMARKS.md says reproduce with the current configs (the others: at their commit)."""
+
+
+@pytest.mark.parametrize("name", CURRENT_LEDGERS)
+def test_the_current_ledgers_hold_runs_of_the_current_config_settings(name):
+    alloc = load_benchmark("allocators")
+    kept = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    stale = {}
+    for run, entry in kept.items():
+        args = [str(ROOT / a) if a.endswith(".yaml") else a for a in entry["args"]]
+        if entry["config_sha256"] not in (alloc.config_digest(args), alloc.file_digest(args)):
+            stale[run] = entry["args"][entry["args"].index("--config") + 1]
+    assert kept and not stale, f"runs made with settings these configs no longer have (the benchmark refuses them): {stale}"
+
+
+def test_make_bench_runs_the_allocators_on_current_ledgers_only():
+    recipe = (ROOT / "Makefile").read_text().split("\nbench:")[1].split("\n\n")[0]
+    ledgers = [line.split("--ledger ")[1].split()[0] for line in recipe.splitlines() if "allocators.py" in line]
+    assert ledgers and {Path(p).name for p in ledgers} <= set(CURRENT_LEDGERS), ledgers
