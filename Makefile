@@ -33,11 +33,15 @@ bench: setup
 	$(BIN)/python benchmarks/quality.py --configs configs/shakespeare_transformer --run_dir runs/bench-transformer --methods ste
 	$(BIN)/python benchmarks/quality.py --configs configs/digits_cnn --run_dir runs/bench-cnn --budgets 2.0 1.2 --methods ste
 	$(BIN)/python benchmarks/bitops.py
-	# the allocator tables "From the averaged FP32 model" (kept runs restored from the ledgers, the rest trained)
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --pretrain pretrain_averaged --budgets 2.0 --arms uniform kl hessian random nas_hessian_fast fp32_continued
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --pretrain pretrain_averaged --budgets 1.5 --arms kl hessian random nas_hessian_short nas_hessian_fast
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --pretrain pretrain_averaged --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short fp32_continued
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --pretrain pretrain_averaged --budgets 1.5 --arms nas_hessian_kp nas_hessian_fast
+	# the allocator tables "From the averaged FP32 model" (kept runs restored from the ledgers, the rest
+	# trained), then each ledger's whole table (allocators.json, allocators.png) from its finished runs
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v3 --ledger benchmarks/results/allocators-lstm-v3.json --budgets 2.0 --arms uniform kl hessian random nas_hessian_short fp32_continued
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 2.0 --arms uniform kl hessian random nas_hessian_fast fp32_continued
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 1.5 --arms kl hessian random nas_hessian_short nas_hessian_fast
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_fast fp32_continued --report_only
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short fp32_continued
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 1.5 --arms nas_hessian_kp nas_hessian_fast
+	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_kp nas_hessian_fast fp32_continued --report_only
 
 clean:  # never runs/: it holds users' results
 	rm -rf $(VENV) .pytest_cache

@@ -39,7 +39,7 @@ or other settings stops the benchmark instead of being reused (an edited comment
 finished run's small results (plans, sensitivities, metrics) in FILE (benchmarks/results/*.json,
 committed), so the benchmark continues on another machine: kept runs are restored, not rerun,
 and the FP32 model is retrained (it must reproduce the kept figure) only when a stage that needs
-it is still to run. Arms may run in
+it is still to run, or for `--fp32_ckpt`. Arms may run in
 separate processes side by side (`--arms ...`) on one ledger. Prints JSON (every run and the
 per-arm mean / std of test and validation perplexity), writes <run_dir>/allocators.json and
 <run_dir>/allocators.png (test perplexity against average bits, error bars = one standard
@@ -47,8 +47,8 @@ deviation over seeds).
 
     python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm \
         --ledger benchmarks/results/allocators-lstm.json
-    python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer \
-        --ledger benchmarks/results/allocators-transformer.json
+    python benchmarks/allocators.py --configs configs/shakespeare_transformer --run_dir runs/alloc/transformer-v3 \
+        --ledger benchmarks/results/allocators-transformer-v3.json --pretrain pretrain_averaged
     python benchmarks/allocators.py --configs configs/shakespeare_lstm --run_dir runs/alloc/lstm-v3 \
         --ledger benchmarks/results/allocators-lstm-v3.json --pretrain pretrain_averaged   # from the averaged FP32
     python benchmarks/allocators.py ... --budgets 2.0 --seeds 0 --arms uniform nas   # a first look
@@ -132,7 +132,8 @@ class Ledger:
     sensitivities, metrics) in one JSON file (benchmarks/results/, committed): a run directory that
     is gone (a fresh machine, a cleaned runs/) is restored from it instead of rerun, so the
     benchmark continues across machines. Checkpoints are not kept; the FP32 model is retrained
-    when a stage that needs it still has to run, and must reproduce the kept validation figure."""
+    when a stage that needs it still has to run (or for --fp32_ckpt), and must reproduce the kept
+    validation figure."""
 
     def __init__(self, path: Path | None, root: Path) -> None:
         self.path, self.root = path, root
@@ -274,16 +275,19 @@ class Bench:
         if Path(self.fp32_ckpt).exists():
             return
         folder = self.root / "fp32"
-        kept = json.loads((folder / "metrics.json").read_text())
-        kept_environment = (self.ledger.entry(folder) or {}).get("environment")
+        entry = self.ledger.entry(folder) or {}
+        kept = json.loads(entry.get("files", {}).get("metrics.json") or (folder / "metrics.json").read_text())
+        kept_environment = entry.get("environment")
         (folder / "metrics.json").unlink()
         print(f"retraining the FP32 model ({folder} was restored without its checkpoint)", file=sys.stderr)
         again = self.fp32(restore=False)
         if abs(again["val_ppl"] - kept["val_ppl"]) > 1e-3 * kept["val_ppl"]:
+            Path(self.fp32_ckpt).rename(folder / "model.unreproduced.ckpt")  # never taken for the kept model
             raise SystemExit(f"error: the retrained FP32 model has validation perplexity {again['val_ppl']:.3f}, "
                              f"the ledger's {kept['val_ppl']:.3f}: the arms would not share one FP32 model; "
                              f"{differences(kept_environment)}; move the ledger {self.ledger.path} away to start the "
-                             f"benchmark again (the ledger keeps its entry; the retrained run is left in {folder})")
+                             f"benchmark again (the ledger keeps its entry; the retrained model is left in "
+                             f"{folder / 'model.unreproduced.ckpt'})")
 
     def after_fp32(self, args: list[str], folder: Path) -> dict:
         return stage(args, folder, self, before_run=self.need_fp32_ckpt)
@@ -461,7 +465,7 @@ def main() -> None:
         fp32 = bench.fp32()
     except NotRun:
         raise SystemExit(f"error: no finished FP32 run in {root / 'fp32'} or the ledger: nothing to report") from None
-    if args.fp32_ckpt and bench.run:
+    if args.fp32_ckpt:
         bench.need_fp32_ckpt()
     wanted = args.arms or [a for a in ARMS if (bench.configs / f"{ARM_CONFIG.get(a, 'search')}.yaml").exists()]
     arms = [a for a in wanted if a not in BASELINES]
