@@ -24,6 +24,11 @@ test: setup  # the import contracts of pyproject.toml first: a cycle or an upwar
 	$(BIN)/lint-imports --no-cache --no-logo
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
+# the allocator benchmark on the ledgers of the tables "From the averaged FP32 model" (lstm-v4 was made on one thread)
+LSTM_V3 := $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v3 --ledger benchmarks/results/allocators-lstm-v3.json
+LSTM_V4 := OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json
+TRANSFORMER_V3 := $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json
+
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/overhead.py --space transformer_lm
@@ -35,13 +40,13 @@ bench: setup
 	$(BIN)/python benchmarks/bitops.py
 	# the allocator tables "From the averaged FP32 model" (kept runs restored from the ledgers, the rest
 	# trained), then each ledger's whole table (allocators.json, allocators.png) from its finished runs
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v3 --ledger benchmarks/results/allocators-lstm-v3.json --budgets 2.0 --arms uniform kl hessian random nas_hessian_short fp32_continued
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 2.0 --arms uniform kl hessian random nas_hessian_fast fp32_continued
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 1.5 --arms kl hessian random nas_hessian_short nas_hessian_fast
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_lstm --pretrain pretrain_averaged --run_dir runs/alloc/lstm-v4 --ledger benchmarks/results/allocators-lstm-v4.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_fast fp32_continued --report_only
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short fp32_continued
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 1.5 --arms nas_hessian_kp nas_hessian_fast
-	$(BIN)/python benchmarks/allocators.py --configs configs/shakespeare_transformer --pretrain pretrain_averaged --run_dir runs/alloc/transformer-v3 --ledger benchmarks/results/allocators-transformer-v3.json --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_kp nas_hessian_fast fp32_continued --report_only
+	$(LSTM_V3) --budgets 2.0 --arms uniform kl hessian random nas_hessian_short fp32_continued
+	$(LSTM_V4) --budgets 2.0 --arms uniform kl hessian random nas_hessian_fast fp32_continued
+	$(LSTM_V4) --budgets 1.5 --arms kl hessian random nas_hessian_short nas_hessian_fast
+	$(LSTM_V4) --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_fast fp32_continued --report_only
+	$(TRANSFORMER_V3) --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short fp32_continued
+	$(TRANSFORMER_V3) --budgets 1.5 --arms nas_hessian_kp nas_hessian_fast
+	$(TRANSFORMER_V3) --budgets 2.0 1.5 --arms uniform kl hessian random nas_hessian_short nas_hessian_kp nas_hessian_fast fp32_continued --report_only
 
 clean:  # never runs/: it holds users' results
 	rm -rf $(VENV) .pytest_cache
