@@ -9,6 +9,7 @@ from torch import nn
 from nas_mpq.search.space import GroupRule, SearchSpace, check_grouping, vocabulary_buckets
 
 from . import register_search_space
+from .word_dropout import WordDropout
 
 DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
 GROUPINGS = ("gate", "tensor")
@@ -33,7 +34,8 @@ def lstm_lm_space(candidates: list[int] | None = None, grouping: str = "gate",
                                      "dropout": 0.0},
                        example_space={"grouping": "tensor", "method": "lsq", "freq_buckets": 3})
 class LSTMLM(nn.Module):
-    """Embedding -> dropout -> n-layer LSTM -> dropout -> linear softmax layer.
+    """Embedding -> dropout -> n-layer LSTM -> dropout -> linear softmax layer; `word_dropout`
+    drops whole word types from the embedding in training (search_spaces.word_dropout).
 
     Example:
         >>> net = LSTMLM(vocab_size=10000, embed_dim=256, hidden_dim=256, num_layers=2)
@@ -41,7 +43,8 @@ class LSTMLM(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 256, hidden_dim: int = 256,
-                 num_layers: int = 2, dropout: float = 0.5, tie_weights: bool = False) -> None:
+                 num_layers: int = 2, dropout: float = 0.5, tie_weights: bool = False,
+                 word_dropout: float = 0.0) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
@@ -49,6 +52,7 @@ class LSTMLM(nn.Module):
             raise ValueError(f"tie_weights needs embed_dim == hidden_dim, got {embed_dim} and {hidden_dim}")
         self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
         self.encoder = nn.Embedding(vocab_size, embed_dim)
+        self.word_drop = WordDropout(vocab_size, word_dropout)
         self.drop = nn.Dropout(dropout)
         self.rnn = nn.LSTM(embed_dim, hidden_dim, num_layers,
                            dropout=dropout if num_layers > 1 else 0.0, batch_first=True)
@@ -62,7 +66,7 @@ class LSTMLM(nn.Module):
     def forward(self, tokens: torch.Tensor,
                 hidden: tuple[torch.Tensor, torch.Tensor] | None = None):
         """tokens (B, T) -> logits (B, T, V), new hidden state."""
-        x = self.drop(self.encoder(tokens))
+        x = self.drop(self.word_drop(tokens, self.encoder(tokens)))
         out, hidden = self.rnn(x, hidden)
         return self.decoder(self.drop(out)), hidden
 

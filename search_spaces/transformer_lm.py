@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from nas_mpq.search.space import GroupRule, SearchSpace, check_candidates, check_grouping, vocabulary_buckets
 
 from . import register_search_space
+from .word_dropout import WordDropout
 
 DEFAULT_CANDIDATES = [1, 2, 4, 8, 32]
 GROUPINGS = ("tensor", "head")
@@ -84,7 +85,8 @@ class Block(nn.Module):
 class TransformerLM(nn.Module):
     """Token + learned position embeddings -> `num_layers` pre-LN blocks -> LayerNorm -> softmax
     layer. The forward takes and returns a hidden state like the LSTM LM (always None: each BPTT
-    window is attended to on its own), so the same training loop serves both.
+    window is attended to on its own), so the same training loop serves both. `word_dropout` drops
+    whole word types from the token embedding in training (search_spaces.word_dropout).
 
     Example:
         >>> net = TransformerLM(vocab_size=10000, d_model=128, num_heads=4, num_layers=2)
@@ -93,7 +95,7 @@ class TransformerLM(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 128, num_heads: int = 4, num_layers: int = 2,
                  d_ff: int | None = None, max_len: int = 256, dropout: float = 0.1,
-                 tie_weights: bool = False) -> None:
+                 tie_weights: bool = False, word_dropout: float = 0.0) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
@@ -101,6 +103,7 @@ class TransformerLM(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be a positive multiple of num_heads ({num_heads})")
         self.vocab_size, self.max_len, self.num_heads = vocab_size, max_len, num_heads
         self.encoder = nn.Embedding(vocab_size, d_model)
+        self.word_drop = WordDropout(vocab_size, word_dropout)
         self.pos = nn.Embedding(max_len, d_model)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, num_heads, d_ff or 4 * d_model, dropout)
@@ -121,7 +124,7 @@ class TransformerLM(nn.Module):
         if t > self.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.max_len}; raise max_len or "
                              "shorten the BPTT window")
-        x = self.drop(self.encoder(tokens) + self.pos(torch.arange(t, device=tokens.device)))
+        x = self.drop(self.word_drop(tokens, self.encoder(tokens)) + self.pos(torch.arange(t, device=tokens.device)))
         for block in self.blocks:
             x = block(x)
         return self.decoder(self.ln_f(x)), None
