@@ -3,8 +3,8 @@
 A softmax layer's bias starts at zero, and Adam moves a parameter by about its learning rate per
 step, so in a short training run (1.6k steps at 1e-3 for the flagship Transformer) the bias cannot
 reach log-frequencies that span 10 nats: the word frequencies are then learned through the
-embedding instead, and the model spreads too much probability over the rare words. Starting the
-bias at the unigram prior (add-`smoothing` counts) leaves the rest of the network the context.
+embedding instead (BENCHMARKS.md, "Transformer FP32: the softmax bias"). Starting the bias at the
+unigram prior (add-`smoothing` counts) leaves the rest of the network the context.
 
     callbacks:
       - class_path: nas_mpq.lit.output_prior.UnigramOutputBias
