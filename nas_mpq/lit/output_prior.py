@@ -1,22 +1,26 @@
 """A language model's output bias started at the log unigram probabilities of its training split.
 
 A softmax layer's bias starts at zero, and Adam moves a parameter by about its learning rate per
-step, so in a short training run (1.6k steps at 1e-3 for the flagship Transformer) the bias cannot
-reach log-frequencies that span 10 nats: the word frequencies are then learned through the
-embedding instead (BENCHMARKS.md, "Transformer FP32: the softmax bias"). Starting the bias at the
-unigram prior (add-`smoothing` counts) leaves the rest of the network the context.
+step, so a short training run cannot take the bias to log-frequencies that span 10 nats (the
+Transformer of configs/shakespeare_transformer: 1.6k steps at 1e-3, and its bias stayed within
++-0.13); the word frequencies are then learned through the embedding instead (BENCHMARKS.md,
+"Transformer FP32: the softmax bias"). Starting the bias at the unigram prior (add-`smoothing`
+counts) leaves the rest of the network the context.
 
     callbacks:
       - class_path: nas_mpq.lit.output_prior.UnigramOutputBias
         init_args: {layer: decoder}
 
-Only an all-zero bias (a freshly built model) is set; a trained one (a resumed run, or weights
-loaded with `--init_ckpt`) is left as it is.
+Only an all-zero bias (as TransformerLM and LSTMLM build it) is set; any other (weights loaded
+with `--init_ckpt`, or a layer that starts its bias at random) is left as it is, with a warning.
+A resumed run restores its trained bias after this callback has run. List it before EMAWeights,
+whose average starts as a copy of the model.
 """
 from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 
@@ -37,6 +41,8 @@ class UnigramOutputBias(pl.Callback):
             return
         bias = self._bias(pl_module)
         if bool(bias.detach().any()):
+            rank_zero_warn(f"UnigramOutputBias: the bias of {self.layer!r} is not all zeros (trained, or "
+                           "initialised at random), so it is left as it is")
             return
         data = trainer.datamodule
         if not callable(getattr(data, "split_tokens", None)):
@@ -52,7 +58,10 @@ class UnigramOutputBias(pl.Callback):
             bias.copy_((log_p - log_p.mean()).to(bias))
 
     def _bias(self, pl_module: pl.LightningModule) -> nn.Parameter:
-        net = pl_module.net
+        net = getattr(pl_module, "net", None)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"UnigramOutputBias needs a LightningModule whose network is its `net` (as "
+                             f"nas-mpq's modules), got {type(pl_module).__name__}")
         try:
             layer = net.get_submodule(self.layer)
         except AttributeError:

@@ -45,7 +45,8 @@ def test_a_trained_bias_is_left_alone(corpus_dir):
     with torch.no_grad():
         module.net.decoder.bias.uniform_(-1, 1)
     before = module.net.decoder.bias.detach().clone()
-    _setup(UnigramOutputBias(), module, data)
+    with pytest.warns(UserWarning, match="bias of 'decoder' is not all zeros"):
+        _setup(UnigramOutputBias(), module, data)
     assert torch.equal(module.net.decoder.bias, before)
 
 
@@ -56,6 +57,8 @@ def test_bad_settings_name_what_is_wrong(corpus_dir):
         _setup(UnigramOutputBias(layer="head"), module, data)
     with pytest.raises(ValueError, match="has no bias"):
         _setup(UnigramOutputBias(layer="blocks"), module, data)
+    with pytest.raises(ValueError, match="needs a LightningModule whose network is its `net`.*got LightningModule"):
+        _setup(UnigramOutputBias(), pl.LightningModule(), data)
     with pytest.raises(ValueError, match="smoothing must be a positive count, got 0"):
         UnigramOutputBias(smoothing=0)
     with pytest.raises(ValueError, match=r"needs a data module with split_tokens\('train'\).*got LightningDataModule"):
@@ -65,7 +68,7 @@ def test_bad_settings_name_what_is_wrong(corpus_dir):
         _setup(UnigramOutputBias(), small, data)
 
 
-def test_pretrain_starts_from_the_prior(config, tmp_path):
+def test_pretrain_starts_from_the_prior_and_an_init_ckpt_keeps_its_bias(config, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     cfg["pretrain"]["trainer"]["callbacks"] = [PRIOR]
     path = tmp_path / "prior.yaml"
@@ -77,8 +80,20 @@ def test_pretrain_starts_from_the_prior(config, tmp_path):
     prior = (counts / counts.sum()).log()
     prior = (prior - prior.mean()).float()
     trained = torch.load(run / "model.ckpt", weights_only=True)["state_dict"]["net.decoder.bias"]
-    # five Adam steps move a bias by about 5e-3 each way: it is the prior, nudged
+    # five Adam steps at 2e-3 move a bias by at most about 1e-2: it is the prior, nudged
     assert 0 < (trained - prior).abs().max() < 0.05 and prior.max() - prior.min() > 5
+    # continued from those weights with the bias shifted by 3 (the same softmax), the run keeps
+    # that bias rather than starting it at the prior again
+    state = torch.load(run / "model.ckpt", weights_only=False)
+    state["state_dict"]["net.decoder.bias"] += 3.0
+    shifted = tmp_path / "shifted.ckpt"
+    torch.save(state, shifted)
+    again = tmp_path / "continued"
+    with pytest.warns(UserWarning, match="not all zeros"):
+        assert main(["pretrain", "--config", str(path), "--run_dir", str(again), "--trainer.max_epochs", "1",
+                     "--init_ckpt", str(shifted)]) == 0
+    kept = torch.load(again / "model.ckpt", weights_only=True)["state_dict"]["net.decoder.bias"]
+    assert (kept - (trained + 3.0)).abs().max() < 0.05
 
 
 class _BiasAtTrainStart(pl.Callback):
@@ -87,6 +102,8 @@ class _BiasAtTrainStart(pl.Callback):
 
 
 def test_a_resumed_fit_trains_on_from_the_saved_bias(corpus_dir, tmp_path):
+    """The callback runs before Lightning restores a checkpoint (on the fresh, all-zero bias), so
+    what this checks is that nothing writes the prior after the restore."""
     data = _data(corpus_dir)
 
     def fit(callbacks, max_epochs, ckpt_path=None):
