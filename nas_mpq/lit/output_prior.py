@@ -52,7 +52,7 @@ class UnigramOutputBias(pl.Callback):
         if tokens.numel() and int(tokens.max()) >= bias.numel():
             raise ValueError(f"token id {int(tokens.max())} of the training split is out of range for the "
                              f"{bias.numel()} outputs of {self.layer!r}")
-        counts = torch.bincount(tokens.flatten().long(), minlength=bias.numel()).double() + self.smoothing
+        counts = torch.bincount(tokens, minlength=bias.numel()).double() + self.smoothing
         with torch.no_grad():
             log_p = counts.log() - counts.sum().log()
             bias.copy_((log_p - log_p.mean()).to(bias))

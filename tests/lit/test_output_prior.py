@@ -21,6 +21,17 @@ def _data(corpus_dir):
     return LMDataModule(str(corpus_dir), max_vocab=200, batch_size=8, eval_batch_size=4, bptt=12)
 
 
+def _module(vocab_size):
+    return TrainModule(TransformerLM(vocab_size, d_model=8, num_heads=2, num_layers=1, max_len=12))
+
+
+def _prior(data, smoothing=1.0):
+    """The expected bias: log p(token) of the training split, add-`smoothing` counts, centred."""
+    counts = torch.bincount(data.split_tokens("train"), minlength=data.vocab_size).double() + smoothing
+    log_p = (counts / counts.sum()).log()
+    return log_p - log_p.mean(), counts
+
+
 def _setup(callback, module, data):
     """The callback's start of fit, on a trainer whose data module is `data` (all it reads)."""
     callback.setup(SimpleNamespace(datamodule=data), module, "fit")
@@ -28,12 +39,11 @@ def _setup(callback, module, data):
 
 def test_a_fresh_bias_is_set_to_the_log_unigram_probabilities(corpus_dir):
     data = _data(corpus_dir)
-    module = TrainModule(TransformerLM(data.vocab_size, d_model=8, num_heads=2, num_layers=1, max_len=12))
+    module = _module(data.vocab_size)
     _setup(UnigramOutputBias(smoothing=0.5), module, data)
-    counts = torch.bincount(data.split_tokens("train"), minlength=data.vocab_size).double() + 0.5
+    prior, counts = _prior(data, smoothing=0.5)
     bias = module.net.decoder.bias.detach().double()
-    log_p = (counts / counts.sum()).log()
-    assert torch.allclose(bias, log_p - log_p.mean(), atol=1e-6) and abs(bias.mean()) < 1e-6
+    assert torch.allclose(bias, prior, atol=1e-6) and abs(bias.mean()) < 1e-6
     assert torch.allclose(bias.softmax(0), counts / counts.sum(), atol=1e-7)
     top = int(counts.argmax())  # the most frequent token has the largest bias, a rarest one the smallest
     assert bias[top] == bias.max() and bias[int(counts.argmin())] == bias.min() < bias[top] - 5
@@ -41,7 +51,7 @@ def test_a_fresh_bias_is_set_to_the_log_unigram_probabilities(corpus_dir):
 
 def test_a_trained_bias_is_left_alone(corpus_dir):
     data = _data(corpus_dir)
-    module = TrainModule(TransformerLM(data.vocab_size, d_model=8, num_heads=2, num_layers=1, max_len=12))
+    module = _module(data.vocab_size)
     with torch.no_grad():
         module.net.decoder.bias.uniform_(-1, 1)
     before = module.net.decoder.bias.detach().clone()
@@ -52,7 +62,7 @@ def test_a_trained_bias_is_left_alone(corpus_dir):
 
 def test_bad_settings_name_what_is_wrong(corpus_dir):
     data = _data(corpus_dir)
-    module = TrainModule(TransformerLM(data.vocab_size, d_model=8, num_heads=2, num_layers=1, max_len=12))
+    module = _module(data.vocab_size)
     with pytest.raises(ValueError, match=r"no module 'head'.*'decoder'"):
         _setup(UnigramOutputBias(layer="head"), module, data)
     with pytest.raises(ValueError, match="has no bias"):
@@ -63,9 +73,8 @@ def test_bad_settings_name_what_is_wrong(corpus_dir):
         UnigramOutputBias(smoothing=0)
     with pytest.raises(ValueError, match=r"needs a data module with split_tokens\('train'\).*got LightningDataModule"):
         _setup(UnigramOutputBias(), module, pl.LightningDataModule())
-    small = TrainModule(TransformerLM(10, d_model=8, num_heads=2, num_layers=1, max_len=12))
     with pytest.raises(ValueError, match="out of range for the 10 outputs"):
-        _setup(UnigramOutputBias(), small, data)
+        _setup(UnigramOutputBias(), _module(10), data)
 
 
 def test_pretrain_starts_from_the_prior_and_an_init_ckpt_keeps_its_bias(config, tmp_path):
@@ -75,10 +84,7 @@ def test_pretrain_starts_from_the_prior_and_an_init_ckpt_keeps_its_bias(config, 
     path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "fp32"
     assert main(["pretrain", "--config", str(path), "--run_dir", str(run), "--trainer.max_epochs", "1"]) == 0
-    data = LMDataModule(**cfg["data"])
-    counts = torch.bincount(data.split_tokens("train"), minlength=data.vocab_size).double() + 1.0
-    prior = (counts / counts.sum()).log()
-    prior = (prior - prior.mean()).float()
+    prior = _prior(LMDataModule(**cfg["data"]))[0].float()
     trained = torch.load(run / "model.ckpt", weights_only=True)["state_dict"]["net.decoder.bias"]
     # five Adam steps at 2e-3 move a bias by at most about 1e-2: it is the prior, nudged
     assert 0 < (trained - prior).abs().max() < 0.05 and prior.max() - prior.min() > 5
@@ -108,7 +114,7 @@ def test_a_resumed_fit_trains_on_from_the_saved_bias(corpus_dir, tmp_path):
 
     def fit(callbacks, max_epochs, ckpt_path=None):
         torch.manual_seed(0)
-        module = TrainModule(TransformerLM(data.vocab_size, d_model=8, num_heads=2, num_layers=1, max_len=12))
+        module = _module(data.vocab_size)
         trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=3, limit_val_batches=1, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              callbacks=callbacks, default_root_dir=tmp_path)
