@@ -351,7 +351,7 @@ def test_the_fast_config_is_the_short_config_with_the_fast_arms_settings(model):
 
 
 CURRENT_LEDGERS = ("allocators-lstm.json", "allocators-lstm-v3.json", "allocators-lstm-v4.json",
-                   "allocators-transformer-v3.json")
+                   "allocators-transformer-v3.json", "allocators-transformer-v4.json")
 """The ledgers BENCHMARKS.md says reproduce with the current configs (the others: at their commit)."""
 
 
