@@ -5,6 +5,7 @@ reads of tensors; `uncompiled_fusion` runs quant.fused's one-pass functions with
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from contextlib import contextmanager
@@ -96,8 +97,12 @@ def config(tmp_path, corpus_dir):
     return path
 
 
-def check_on_tables(path):
-    """Every quantized weight of the exported file is scale x an integer code within its bits."""
+def check_on_tables(path, capsys, test_ppl):
+    """Every quantized group of the exported file holds integer codes within its bits (sign codes
+    at 1 bit), and the model the file loads into scores `test_ppl`, the finalize's figure for the
+    model it trained (`nas-mpq evaluate`): the file holds that model, not only codes in range.
+    Returns the file's plan and the evaluation."""
+    from nas_mpq.cli import main
     from nas_mpq.export import group_shape, load_quantized, read_header
     plan = read_header(path)["plan"]
     net = load_quantized(path)
@@ -107,13 +112,13 @@ def check_on_tables(path):
                 continue
             shape = group_shape(net, g)
             codes = unpack_codes(f.get_tensor(f"{name}.codes"), g.bits, math.prod(shape)).reshape(shape)
-            scale = f.get_tensor(f"{name}.scale")
             limit = 1 if g.bits <= 2 else 2 ** (g.bits - 1) - 1
-            assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all())
-            w = g.view(net.get_parameter(g.param))
-            per_row = scale.reshape((-1,) + (1,) * (len(shape) - 1))
-            assert torch.equal(w, codes * (scale.reshape(()) if scale.numel() == 1 else per_row)), name
-    return plan
+            assert codes.abs().max() <= limit and (g.bits != 1 or (codes.abs() == 1).all()), name
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_ppl"] == pytest.approx(test_ppl, abs=1e-4)
+    return plan, result
 
 
 HOST_READS = ("tolist", "item", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")

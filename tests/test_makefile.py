@@ -1,3 +1,4 @@
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_clean_never_deletes_runs():
     commands = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "rm -rf" in commands and "runs" not in commands.split()
+    removed = [arg for line in commands.splitlines() if line.split()[:1] == ["rm"]
+               for arg in shlex.split(line)[1:] if not arg.startswith("-")]
+    assert removed, commands
+    for arg in removed:  # nothing under runs/, however it is spelt, and no variable left unexpanded
+        assert Path(arg).parts[:1] != ("runs",) and "$" not in arg and "*" != arg, arg
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_lm
-from nas_mpq.admm import ADMMState, group_weight, on_table
+from nas_mpq.admm import ADMMState, group_weight, on_table, project
 from nas_mpq.search import uniform_plan
 from search_spaces.lstm_lm import lstm_lm_space
 
@@ -17,9 +17,10 @@ def make(bits=2, **kw):
 def test_init_state():
     net, plan, admm = make()
     assert set(admm.groups) == set(plan.groups) - {"decoder.weight"}  # 32 bits: unconstrained
-    for name, g in admm.groups.items():
+    for name, g in admm.groups.items():  # G starts at each group's weights projected on its table
         assert torch.equal(admm.U(name), torch.zeros_like(admm.U(name)))
-        codes, scale = admm.codes(name)
+        codes, scale = project(g.view(net.get_parameter(g.param)).detach(), 2)
+        assert torch.equal(admm.codes(name)[0], codes) and torch.equal(admm.codes(name)[1], scale)
         assert on_table(admm.G(name), 2, scale)
     assert float(admm.rho) == pytest.approx(1e-3)
     assert admm.residual() > 0

@@ -106,9 +106,9 @@ def test_regulariser_expected_bitops_is_the_exact_expectation():
         e_a = 32.0 if act is None else float((act.probs() * torch.tensor([4.0, 8.0])).sum())
         expected += grp.plan.macs * e_w * e_a
     assert float(reg.expected()) == pytest.approx(expected, rel=1e-5)
-    reg.penalty()  # differentiable in both kinds of theta
-    BudgetRegularizer(net, Budget("bitops", 1.0)).penalty().backward()
+    BudgetRegularizer(net, Budget("bitops", 1.0)).penalty().backward()  # differentiable in both kinds of theta
     assert all(a.choice.theta.grad is not None and a.choice.theta.grad.abs().sum() > 0 for a in activation_groups(net))
+    assert all(w.choice.theta.grad is not None and w.choice.theta.grad.abs().sum() > 0 for w in search_groups(net))
 
 
 def test_calibration_sets_every_candidate_from_its_layer_input():

@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import tiny_lm
-from nas_mpq.admm import ADMMState, on_table
+from nas_mpq.admm import ADMMState, on_table, project
 from nas_mpq.plan import Budget
 from nas_mpq.search import apply_plan_, derive_plan, prepare_search_, search_groups, uniform_plan
 from nas_mpq.search.layers import zipf_bucket_rows
@@ -57,11 +57,15 @@ def test_bucketed_plan_applies_exactly_and_admm_projects_each_bucket():
     lo, hi = plan.groups["encoder.weight:f1"].rows
     assert w[lo:hi].abs().unique().numel() == 1  # the tail bucket: one binary scale
     assert w[:lo].unique().numel() > 3  # the frequent rows keep 8 bits
-    admm = ADMMState(tiny_lm(vocab=60, dim=8), plan)
-    for name, g in plan.groups.items():
-        if g.bits != 32:
-            codes, scale = admm.codes(name)
-            assert on_table(codes * scale, g.bits, scale)
+    net = tiny_lm(vocab=60, dim=8)
+    admm = ADMMState(net, plan)
+    scales = {}
+    for name in ("encoder.weight:f0", "encoder.weight:f1"):  # each bucket projected on its own rows
+        g = plan.groups[name]
+        codes, scales[name] = project(net.encoder.weight[g.rows[0]:g.rows[1]].detach(), g.bits)
+        assert torch.equal(admm.codes(name)[0], codes) and torch.equal(admm.codes(name)[1], scales[name])
+        assert on_table(admm.G(name), g.bits, scales[name])
+    assert not torch.equal(*scales.values())
 
 
 def test_sensitivity_scores_every_bucket():

@@ -97,7 +97,7 @@ def test_pruning_never_removes_a_whole_layer():
     groups = {f"w:{g}": GroupPlan("w", (i * 10, i * 10 + 10), 100, 32) for i, g in enumerate("ab")}
     plan = PrecisionPlan("test", [0, 1, 2], groups, 0, Budget("avg_bits", 0.4))
     costs = {n: [0.0, 1.0, 2.0] for n in groups}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"infeasible budget avg_bits=0.4.*avg_bits=0.5000"):
         solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)  # needs avg 0.5 at least
     plan = PrecisionPlan("test", [0, 1, 2], groups, 0, Budget("avg_bits", 0.5))
     chosen, _ = solve_knapsack(plan, {n: [0, 1, 2] for n in groups}, costs)
