@@ -97,7 +97,7 @@ def config(tmp_path, corpus_dir):
     return path
 
 
-def check_on_tables(path, capsys, test_ppl):
+def check_exported_model(path, capsys, test_ppl):
     """Every quantized group of the exported file holds integer codes within its bits (sign codes
     at 1 bit), and the model the file loads into scores `test_ppl`, the finalize's figure for the
     model it trained (`nas-mpq evaluate`): the file holds that model, not only codes in range.

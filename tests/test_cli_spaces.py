@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import check_on_tables
+from conftest import check_exported_model
 from nas_mpq.cli import main
 from nas_mpq.plan import Budget, PrecisionPlan
 from nas_mpq.search import prepare_search_, search_groups
@@ -33,7 +33,7 @@ def run_and_evaluate(cfg: dict, tmp_path, capsys) -> tuple[dict, dict]:
     assert main(["run", "--config", str(path), "--run_dir", str(run)]) == 0
     report = json.loads((run / "report.json").read_text())
     model = run / "finalize" / "model.safetensors"
-    plan, result = check_on_tables(model, capsys, report["mixed"]["test_ppl"])
+    plan, result = check_exported_model(model, capsys, report["mixed"]["test_ppl"])
     assert plan.meets_budget()
     return report, result
 

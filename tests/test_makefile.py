@@ -14,8 +14,11 @@ def test_make_clean_never_deletes_runs():
     removed = [arg for line in commands.splitlines() if line.split()[:1] == ["rm"]
                for arg in shlex.split(line)[1:] if not arg.startswith("-")]
     assert removed, commands
-    for arg in removed:  # nothing under runs/, however it is spelt, and no variable left unexpanded
-        assert Path(arg).parts[:1] != ("runs",) and "$" not in arg and "*" != arg, arg
+    runs = ROOT / "runs"
+    for arg in removed:  # neither runs/ nor anything in or above it, however spelt, nor a pattern
+        target = (ROOT / arg).resolve()
+        assert target not in (runs, *runs.parents) and runs not in target.parents, arg
+        assert not any(c in arg for c in "$*?["), arg
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

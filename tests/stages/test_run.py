@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import check_on_tables
+from conftest import check_exported_model
 from nas_mpq.cli import main
 from nas_mpq.plan import PrecisionPlan
 
@@ -24,7 +24,7 @@ def test_run_pipeline_report_export_and_evaluate(config, tmp_path, capsys):
         assert report["timings_s"][stage] > 0
     model = run / "finalize" / "model.safetensors"
     metrics = json.loads((run / "finalize" / "metrics.json").read_text())
-    plan, result = check_on_tables(model, capsys, metrics["test_ppl"])
+    plan, result = check_exported_model(model, capsys, metrics["test_ppl"])
     assert plan.bits == PrecisionPlan.load(run / "search" / "plan.json").bits
     assert abs(metrics["data_bytes"] - plan.size().size_bits / 8) <= 0.02 * plan.size().size_bits / 8
     assert result["size_bits"] == plan.size().size_bits
@@ -43,7 +43,7 @@ def test_ste_finalize_and_stage_overrides(config, tmp_path, capsys):
     metrics = json.loads((run / "finalize" / "metrics.json").read_text())
     assert metrics["method"] == "ste" and len(metrics["val_ppl_history"]) == 2
     assert len(json.loads((run / "search" / "metrics.json").read_text())["val_ppl_history"]) == 1
-    check_on_tables(run / "finalize" / "model.safetensors", capsys, metrics["test_ppl"])
+    check_exported_model(run / "finalize" / "model.safetensors", capsys, metrics["test_ppl"])
 
 
 def test_interrupted_admm_finalize_resumes_exactly(config, tmp_path):
